@@ -1,0 +1,1 @@
+"""matching_svc: scored dispatch, sequential offers with durable timeouts, atomic accept."""

@@ -1,0 +1,203 @@
+"""Build-then-run server bootstrap: health, reflection, interceptors, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.auth import SessionStore
+from mesh.interceptors import CallGate, MeshInterceptor
+from mesh.logs import configure_logging
+from mesh.settings import ServerSettings, Settings
+from mesh.stores import Stores, open_stores
+
+logger = logging.getLogger(__name__)
+
+#: The line a service prints on stdout once it serves; ``delivery up`` and tests read it.
+READY_PREFIX = "DELIVERY_READY"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBinding:
+    """One gRPC service to mount: its full name, servicer and generated ``add_*_to_server``."""
+
+    #: The fully qualified service name, e.g. ``delivery.order.v1.OrderService``.
+    name: str
+    #: The servicer instance.
+    servicer: Any
+    #: The generated registration function.
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass
+class MeshServer:
+    """A started-or-startable gRPC server with its health service and background tasks."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+    settings: ServerSettings
+    #: Refuses new calls with UNAVAILABLE while in-flight ones drain; None without the interceptor.
+    gate: CallGate | None = None
+    #: Coroutines to await after the server stops (closing streams, flushing buffers).
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _stopping: bool = False
+
+    async def start(self) -> None:
+        """Starts serving and reports SERVING for the server and each service."""
+        await self.server.start()
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING first, then refuse new calls and let in-flight ones end."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.settings.drain_delay_s > 0:
+            await asyncio.sleep(self.settings.drain_delay_s)
+        grace = self.settings.grace_s if grace is None else grace
+        deadline = asyncio.get_running_loop().time() + grace
+        if self.gate is not None:
+            logger.info("refusing new calls; %d unary calls in flight", self.gate.in_flight)
+            if not await self.gate.close(grace):
+                logger.warning("%d unary calls outlived the grace period", self.gate.in_flight)
+        # Streams still open get what is left of the grace period, then see cancellation.
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        await self.server.stop(remaining)
+        for hook in self.on_stop:
+            try:
+                await hook()
+            except Exception:
+                logger.exception("a stop hook failed")
+
+    async def _set_all(self, status: int) -> None:
+        await self.health.set("", status)
+        for name in self.service_names:
+            await self.health.set(name, status)
+
+    async def wait_for_termination(self) -> None:
+        """Returns when the server has stopped."""
+        await self.server.wait_for_termination()
+
+
+def build_grpc_server(
+    settings: ServerSettings,
+    bindings: Sequence[ServiceBinding],
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    gate: CallGate | None = None,
+) -> MeshServer:
+    """Creates the server, mounts ``bindings`` plus health and reflection, and binds the port.
+
+    The server is not started; ``settings.listen`` may name port 0, and the bound port is
+    returned in the :class:`MeshServer`.
+    """
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=settings.server_options(),
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for binding in bindings:
+        binding.add_to_server(binding.servicer, server)
+    names = tuple(b.name for b in bindings)
+    reflection.enable_server_reflection(
+        (
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.listen}")
+    return MeshServer(
+        server=server,
+        port=port,
+        health=health_servicer,
+        service_names=names,
+        settings=settings,
+        gate=gate,
+    )
+
+
+def announce(service: str, port: int, **extra: object) -> None:
+    """Prints the ready line (``DELIVERY_READY service=order port=50051``) and flushes."""
+    fields = " ".join(f"{k}={v}" for k, v in {"service": service, "port": port, **extra}.items())
+    sys.stdout.write(f"{READY_PREFIX} {fields}\n")
+    sys.stdout.flush()
+
+
+async def serve_until_signal(server: MeshServer, service: str) -> None:
+    """Starts ``server``, announces it, and stops it gracefully on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    logger.info("%s serving on port %d", service, server.port)
+    announce(service, server.port)
+    waiter = asyncio.create_task(server.wait_for_termination())
+    signalled = asyncio.create_task(stop_requested.wait())
+    done, _ = await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if signalled in done:
+        logger.info(
+            "%s stopping: draining in-flight calls for up to %.1fs",
+            service,
+            server.settings.grace_s,
+        )
+        await server.stop()
+    for task in (waiter, signalled):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    logger.info("%s stopped", service)
+
+
+async def run_service(
+    settings: Settings,
+    build: Callable[[Settings, Stores], Awaitable[MeshServer]],
+    *,
+    postgres: bool = True,
+    redis: bool = True,
+) -> None:
+    """The whole life of one service process: logging, stores, build, serve, stop, close."""
+    configure_logging(settings.service, settings.log_level, settings.log_format)
+    async with open_stores(settings.stores, postgres=postgres, redis=redis) as stores:
+        server = await build(settings, stores)
+        await serve_until_signal(server, settings.service)
+
+
+def build_mesh_server(
+    settings: Settings,
+    stores: Stores,
+    bindings: Sequence[ServiceBinding],
+    *,
+    public_methods: Iterable[str] = (),
+) -> MeshServer:
+    """A server with the mesh's interceptor: sessions from ``stores.redis``, error mapping."""
+    sessions = (
+        SessionStore(
+            stores.redis,
+            ttl_s=settings.auth.session_ttl_s,
+            service_secret=settings.auth.service_secret,
+        )
+        if stores.redis is not None
+        else None
+    )
+    interceptor = MeshInterceptor(sessions, public_methods)
+    return build_grpc_server(settings.server, bindings, [interceptor], interceptor.gate)

@@ -1,0 +1,1 @@
+"""order_svc: accounts, merchants and menus, orders and their state machine."""

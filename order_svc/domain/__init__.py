@@ -1,0 +1,1 @@
+"""Plain typed domain logic of order_svc: no gRPC, no asyncpg, no Redis."""

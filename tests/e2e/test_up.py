@@ -1,0 +1,87 @@
+"""`delivery up` on embedded PostgreSQL and Redis: every service serves, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import struct
+import sys
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.cli import SERVICES
+from mesh.embedded import tcp_reachable
+from mesh.testing import spawn
+
+GRPC_SERVICES = {
+    "order": [
+        "delivery.order.v1.AccountService",
+        "delivery.order.v1.MerchantService",
+        "delivery.order.v1.OrderService",
+    ],
+    "location": ["delivery.location.v1.LocationService"],
+    "matching": ["delivery.matching.v1.MatchingService"],
+    "tracking": ["delivery.tracking.v1.TrackingService"],
+}
+
+
+async def _grpc_web_health(port: int) -> tuple[int, bytes]:
+    frame = struct.pack(">BI", 0, 0)  # an empty HealthCheckRequest
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/grpc.health.v1.Health/Check",
+            data=frame,
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        ) as response,
+    ):
+        return response.status, await response.read()
+
+
+@pytest.mark.slow
+async def test_delivery_up_runs_the_mesh_on_embedded_stores(tmp_path: Path) -> None:
+    # Neither DELIVERY_DATABASE_URL nor DELIVERY_REDIS_URL: `up` must start embedded stores.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_")}
+    delivery = str(Path(sys.executable).parent / "delivery")
+    data = tmp_path / "data"
+    process, ports = await spawn(
+        [delivery, "up", "--base-port", "0", "--data-dir", str(data)],
+        {**env, "PYTHONUNBUFFERED": "1"},
+        inherit_env=False,
+        ready_timeout=180,
+    )
+    redis_port = ports.pop("redis")
+    try:
+        assert set(ports) == set(SERVICES)
+        for service, names in GRPC_SERVICES.items():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[service]}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for name in ["", *names]:
+                    reply = await health.Check(
+                        health_pb2.HealthCheckRequest(service=name), timeout=5
+                    )
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING, (service, name)
+
+        status, body = await _grpc_web_health(ports["edge"])
+        assert status == 200
+        flag, length = struct.unpack(">BI", body[:5])
+        reply = health_pb2.HealthCheckResponse.FromString(body[5 : 5 + length])
+        assert (flag, reply.status) == (0, health_pb2.HealthCheckResponse.SERVING)
+        assert b"grpc-status:0" in body[5 + length :]
+
+        assert tcp_reachable("127.0.0.1", redis_port)
+        assert (data / "postgres" / "postmaster.pid").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 60)
+    assert code == 0
+    # Everything it started is gone: services, embedded Redis and PostgreSQL.
+    for port in ports.values():
+        assert not tcp_reachable("127.0.0.1", port)
+    assert not tcp_reachable("127.0.0.1", redis_port)
+    assert not (data / "postgres" / "postmaster.pid").exists()

@@ -1,0 +1,1 @@
+"""tracking_svc: live order tracking, ETAs and multi-stop route planning."""
