@@ -36,7 +36,8 @@ async def main() -> None:
     settings = Settings.from_env("edge")
     configure_logging("edge", settings.log_level, settings.log_format)
     app, edge = build_app(edge_config(settings, env_str(os.environ, "EDGE_ALLOW_ORIGIN", "*")))
-    runner = web.AppRunner(app, shutdown_timeout=settings.server.grace_s)
+    # The mesh's own access logging is enough; aiohttp's per-request line is off.
+    runner = web.AppRunner(app, shutdown_timeout=settings.server.grace_s, access_log=None)
     await runner.setup()
     host, _, port = settings.server.listen.rpartition(":")
     site = web.TCPSite(runner, host or "0.0.0.0", int(port))

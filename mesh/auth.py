@@ -149,5 +149,6 @@ class SessionStore:
             raise Unauthenticated(
                 "the session is unknown, expired or logged out", reason="SESSION_INVALID"
             )
-        user_id, _, role = value.decode().partition("|")
+        text = value.decode() if isinstance(value, bytes) else value
+        user_id, _, role = text.partition("|")
         return Principal(subject=user_id, role=Role(role), session_key=key)

@@ -11,6 +11,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mesh.embedded import embedded_stores, free_port
 from mesh.logs import configure_logging
@@ -102,12 +103,12 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
                 start_new_session=True,
             )
             pumps.append(asyncio.create_task(_pump(child)))
-        waits = {
+        waits: dict[asyncio.Future[Any], Child] = {
             asyncio.create_task(child.process.wait()): child  # type: ignore[union-attr]
             for child in children
         }
-        ready = asyncio.gather(*(c.ready.wait() for c in children))
-        stopped = asyncio.create_task(stop.wait())
+        ready: asyncio.Future[Any] = asyncio.gather(*(c.ready.wait() for c in children))
+        stopped: asyncio.Future[Any] = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
             {ready, stopped, *waits}, timeout=args.start_timeout, return_when="FIRST_COMPLETED"
         )
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``delivery`` console command."""
     args = build_parser().parse_args(argv)
     configure_logging("delivery", os.environ.get(PREFIX + "LOG_LEVEL", "INFO").upper())
+    # pgserver narrates every pg_ctl call at INFO; only its warnings matter here.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     return int(args.func(args))
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import grpc
 
@@ -17,7 +18,7 @@ from mesh.settings import ServerSettings, Settings, StoreSettings
 from mesh.stores import Stores
 
 
-def settings_for_test(service: str, stores: StoreSettings, **server: object) -> Settings:
+def settings_for_test(service: str, stores: StoreSettings, **server: Any) -> Settings:
     """Settings for a server under test: loopback, port 0, short grace."""
     base = Settings.from_env(service, env={})
     server_settings = replace(ServerSettings(listen="127.0.0.1:0", grace_s=2.0), **server)

@@ -1,0 +1,1 @@
+"""The shared runtime of every service: bootstrap, settings, interceptors, errors, stores."""
