@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,11 +52,23 @@ class MeshServer:
     gate: CallGate | None = None
     #: Coroutines to await after the server stops (closing streams, flushing buffers).
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _workers: list[tuple[Callable[[], Coroutine[Any, Any, None]], Callable[[], None]]] = field(
+        default_factory=list
+    )
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
 
+    def add_worker(
+        self, run: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
+    ) -> None:
+        """Runs ``run()`` beside the server; ``stop()`` ends it once the server has stopped."""
+        self._workers.append((run, stop))
+
     async def start(self) -> None:
-        """Starts serving and reports SERVING for the server and each service."""
+        """Starts serving and its workers, and reports SERVING for the server and each service."""
         await self.server.start()
+        for run, _ in self._workers:
+            self._tasks.append(asyncio.create_task(run()))
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -76,6 +88,15 @@ class MeshServer:
         # Streams still open get what is left of the grace period, then see cancellation.
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         await self.server.stop(remaining)
+        # Workers finish what they hold (a relay marks the batch it published), then end.
+        for (_, stop_worker), task in zip(self._workers, self._tasks, strict=False):
+            stop_worker()
+            try:
+                await asyncio.wait_for(task, timeout=max(remaining, 5.0))
+            except TimeoutError:
+                logger.warning("a worker did not stop in time; cancelled")
+            except Exception:
+                logger.exception("a worker failed")
         for hook in self.on_stop:
             try:
                 await hook()

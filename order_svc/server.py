@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from delivery.order.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
@@ -15,8 +17,14 @@ from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_servi
 from mesh.settings import Settings
 from mesh.stores import Stores
 from order_svc.domain.accounts import Passwords
+from order_svc.merchant_service import MerchantService
+from order_svc.order_service import OrderPolicy, OrderService
+from order_svc.relay import OutboxRelay, RelaySettings
 from order_svc.service import AccountService
 from order_svc.store.accounts import AccountStore
+from order_svc.store.feedback import FeedbackStore
+from order_svc.store.merchants import MerchantStore
+from order_svc.store.orders import OrderStore
 
 
 def _name(module: object, service: str) -> str:
@@ -32,7 +40,12 @@ PUBLIC_METHODS = (f"/{ACCOUNT_SERVICE}/SignUp", f"/{ACCOUNT_SERVICE}/Login")
 
 
 async def build_server(
-    settings: Settings, stores: Stores, *, passwords: Passwords | None = None
+    settings: Settings,
+    stores: Stores,
+    *,
+    passwords: Passwords | None = None,
+    policy: OrderPolicy | None = None,
+    relay: bool = True,
 ) -> MeshServer:
     """Binds order_svc on ``settings.server.listen`` with every service mounted."""
     assert stores.pool is not None and stores.redis is not None
@@ -40,24 +53,43 @@ async def build_server(
         stores.redis, ttl_s=settings.auth.session_ttl_s, service_secret=settings.auth.service_secret
     )
     accounts = AccountService(AccountStore(stores.pool), sessions, passwords or Passwords())
+    merchants = MerchantStore(stores.pool)
     bindings = [
         ServiceBinding(
             ACCOUNT_SERVICE, accounts, account_service_pb2_grpc.add_AccountServiceServicer_to_server
         ),
-        # Merchants, menus and orders land with the marketplace issue; until then the
-        # generated base classes answer UNIMPLEMENTED.
         ServiceBinding(
             MERCHANT_SERVICE,
-            merchant_service_pb2_grpc.MerchantServiceServicer(),
+            MerchantService(merchants),
             merchant_service_pb2_grpc.add_MerchantServiceServicer_to_server,
         ),
         ServiceBinding(
             ORDER_SERVICE,
-            order_service_pb2_grpc.OrderServiceServicer(),
+            OrderService(
+                OrderStore(stores.pool),
+                merchants,
+                FeedbackStore(stores.pool),
+                stores.redis,
+                policy or OrderPolicy(),
+            ),
             order_service_pb2_grpc.add_OrderServiceServicer_to_server,
         ),
     ]
-    return build_mesh_server(settings, stores, bindings, public_methods=PUBLIC_METHODS)
+    server = build_mesh_server(settings, stores, bindings, public_methods=PUBLIC_METHODS)
+    if relay:
+        # The outbox relay runs beside the API; `python -m order_svc.relay` runs more of them.
+        relay_settings = RelaySettings.from_env(os.environ)
+        worker = OutboxRelay(
+            stores.pool,
+            stores.redis,
+            batch_size=relay_settings.batch_size,
+            idle_sleep_s=relay_settings.idle_sleep_s,
+            maxlen=relay_settings.maxlen,
+            max_backoff_s=relay_settings.max_backoff_s,
+            publish_timeout_s=relay_settings.publish_timeout_s,
+        )
+        server.add_worker(worker.run, worker.stop)
+    return server
 
 
 async def main() -> None:

@@ -13,9 +13,9 @@ from delivery.common.v1 import common_pb2
 from delivery.order.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
-    order_service_pb2,
-    order_service_pb2_grpc,
 )
+from delivery.tracking.v1 import tracking_service_pb2, tracking_service_pb2_grpc
+from mesh.server import ServiceBinding, build_mesh_server
 from mesh.settings import StoreSettings
 from mesh.stores import Stores
 from mesh.testing import bearer, service_metadata, serving, settings_for_test
@@ -153,12 +153,25 @@ async def test_only_an_admin_creates_admins(order_channel) -> None:
 
 
 async def test_an_rpc_without_a_handler_is_unimplemented_not_unknown(
-    order_channel, store_settings: StoreSettings
+    store_settings: StoreSettings, stores: Stores
 ) -> None:
-    orders = order_service_pb2_grpc.OrderServiceStub(order_channel)
-    metadata = service_metadata(settings_for_test("order", store_settings))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await orders.GetOrder(order_service_pb2.GetOrderRequest(), metadata=metadata)
+    settings = settings_for_test("tracking", store_settings)
+
+    async def build(settings, stores):
+        # The generated base class: every method raises NotImplementedError.
+        binding = ServiceBinding(
+            "delivery.tracking.v1.TrackingService",
+            tracking_service_pb2_grpc.TrackingServiceServicer(),
+            tracking_service_pb2_grpc.add_TrackingServiceServicer_to_server,
+        )
+        return build_mesh_server(settings, stores, [binding])
+
+    async with serving(build, settings, stores) as (_, channel):
+        tracking = tracking_service_pb2_grpc.TrackingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await tracking.GetEta(
+                tracking_service_pb2.GetEtaRequest(), metadata=service_metadata(settings)
+            )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -1,0 +1,733 @@
+"""OrderService: placement, the state-machine verbs, handoff, problems, ratings, notifications."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+from redis.asyncio import Redis
+
+from delivery.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+from mesh.auth import Principal, Role, current_principal
+from mesh.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Validator,
+)
+from mesh.geo import validate_location
+from order_svc.convert_orders import (
+    STATUS_FROM_PROTO,
+    decode_token,
+    duration,
+    encode_token,
+    enum_name,
+    notification_to_proto,
+    order_event,
+    order_to_proto,
+    problem_to_proto,
+    rating_to_proto,
+)
+from order_svc.domain.menus import HandoffPolicy
+from order_svc.domain.notifications import drafts_for
+from order_svc.domain.orders import (
+    Action,
+    Order,
+    OrderStatus,
+    Party,
+    party_of,
+    plan,
+    settle_cancellation,
+)
+from order_svc.domain.pricing import (
+    FeeSchedule,
+    LineInput,
+    OrderInput,
+    price_order,
+    validate_order_input,
+)
+from order_svc.store.feedback import FeedbackStore
+from order_svc.store.merchants import MerchantStore
+from order_svc.store.orders import CREATE_ORDER, Event, NotificationDraft, OrderStore
+
+_PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/heic"})
+_DEFAULT_PAGE = 20
+_MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class OrderPolicy:
+    """Tunable rules of order handling."""
+
+    #: How the delivery fee is computed.
+    fees: FeeSchedule = dataclasses.field(default_factory=FeeSchedule)
+    #: How long a request id is remembered, in seconds (AIP-155: at least a day).
+    idempotency_ttl_s: int = 24 * 3600
+    #: Largest proof-of-delivery photo, in bytes.
+    max_photo_bytes: int = 5 * 1024 * 1024
+    #: Wrong PINs tolerated per order before the courier must use a photo or call support.
+    max_pin_attempts: int = 5
+    #: Assumed courier speed for the first delivery estimate, in metres per second.
+    courier_speed_mps: float = 5.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_id(value: str, field: str) -> str:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(FieldViolation(field, "must be an id this API issued")) from None
+    return value
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
+    return min(requested or _DEFAULT_PAGE, _MAX_PAGE)
+
+
+def _actor_role(principal: Principal) -> str:
+    return "system" if principal.is_service else principal.role.value
+
+
+class OrderService(order_service_pb2_grpc.OrderServiceServicer):
+    """The system of record's order API."""
+
+    def __init__(
+        self,
+        orders: OrderStore,
+        merchants: MerchantStore,
+        feedback: FeedbackStore,
+        redis: Redis,
+        policy: OrderPolicy | None = None,
+    ) -> None:
+        self._orders = orders
+        self._merchants = merchants
+        self._feedback = feedback
+        self._redis = redis
+        self._policy = policy or OrderPolicy()
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def _load(self, order_id: str, principal: Principal) -> Order:
+        order = await self._orders.get(_check_id(order_id, "order_id"))
+        if order is None or party_of(order.ref, principal) is Party.NONE:
+            # Someone else's order is reported as missing, so ids cannot be probed.
+            raise NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND")
+        return order
+
+    async def _view(self, order: Order, principal: Principal) -> order_pb2.Order:
+        lines = await self._orders.lines(order.id)
+        show_pin = principal.role is Role.CUSTOMER and principal.subject == order.customer_id
+        return order_to_proto(order, lines, show_pin=show_pin)
+
+    async def GetOrder(
+        self, request: order_service_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.GetOrderResponse:
+        principal = current_principal()
+        order = await self._load(request.order_id, principal)
+        return order_service_pb2.GetOrderResponse(order=await self._view(order, principal))
+
+    async def ListOrders(
+        self, request: order_service_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.ListOrdersResponse:
+        principal = current_principal()
+        limit = _page_size(request.page_size)
+        statuses = []
+        for i, status in enumerate(request.statuses):
+            if status not in STATUS_FROM_PROTO:
+                raise InvalidArgument(FieldViolation(f"statuses[{i}]", "is not an order status"))
+            statuses.append(STATUS_FROM_PROTO[status].value)
+        cursor = decode_token(request.page_token, 2)
+        before = None
+        if cursor:
+            before = (datetime.fromisoformat(cursor[0]), _check_id(cursor[1], "page_token"))
+        column = {
+            Role.CUSTOMER: "customer_id",
+            Role.MERCHANT: "merchant_owner",
+            Role.DRIVER: "driver_id",
+        }.get(principal.role)
+        orders = await self._orders.list_for(
+            column=column,
+            party_id=principal.subject if column else None,
+            statuses=statuses,
+            limit=limit + 1,
+            before=before,
+        )
+        page, more = orders[:limit], len(orders) > limit
+        return order_service_pb2.ListOrdersResponse(
+            orders=[await self._view(o, principal) for o in page],
+            next_page_token=encode_token(page[-1].created_at, page[-1].id) if more else "",
+        )
+
+    # --- placing -------------------------------------------------------------------------
+
+    async def CreateOrder(
+        self, request: order_service_pb2.CreateOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.CreateOrderResponse:
+        principal = current_principal()
+        principal.require(Role.CUSTOMER)
+        wanted = OrderInput(
+            request_id=request.request_id,
+            merchant_id=request.merchant_id,
+            lines=tuple(
+                LineInput(
+                    menu_item_id=item.menu_item_id,
+                    quantity=item.quantity,
+                    options=tuple((o.option_group_id, o.option_id) for o in item.options),
+                    note=item.note,
+                )
+                for item in request.items
+            ),
+            delivery_address=request.delivery_address,
+            delivery_lat=request.delivery_location.latitude,
+            delivery_lng=request.delivery_location.longitude,
+            tip_minor=request.tip.amount_minor,
+            tip_currency=request.tip.currency_code,
+            note=request.note,
+        )
+        if not request.HasField("delivery_location"):
+            raise InvalidArgument(FieldViolation("delivery_location", "is required"))
+        validate_order_input(wanted)
+        request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+        merchant = await self._merchants.get(wanted.merchant_id)
+        if merchant is None:
+            raise NotFound(f"merchant {wanted.merchant_id} not found", reason="MERCHANT_NOT_FOUND")
+        menu = await self._merchants.menu_items_for_order(
+            wanted.merchant_id, sorted({line.menu_item_id for line in wanted.lines})
+        )
+        priced = price_order(wanted, merchant, menu, self._policy.fees)
+
+        now = _now()
+        travel_s = priced.distance_m / self._policy.courier_speed_mps
+        order = Order(
+            id=str(uuid.uuid4()),
+            customer_id=principal.subject,
+            merchant_id=merchant.id,
+            merchant_owner_id=merchant.owner_user_id,
+            driver_id=None,
+            status=OrderStatus.PENDING,
+            version=1,
+            delivery_address=wanted.delivery_address.strip(),
+            delivery_lat=wanted.delivery_lat,
+            delivery_lng=wanted.delivery_lng,
+            merchant_lat=merchant.lat,
+            merchant_lng=merchant.lng,
+            currency_code=priced.currency_code,
+            subtotal_minor=priced.subtotal_minor,
+            delivery_fee_minor=priced.delivery_fee_minor,
+            tip_minor=priced.tip_minor,
+            total_minor=priced.total_minor,
+            delivery_pin=f"{secrets.randbelow(10_000):04d}",
+            handoff_policy=merchant.handoff_policy.value,
+            estimated_prep_seconds=merchant.avg_prep_seconds,
+            estimated_delivery_at=now + timedelta(seconds=merchant.avg_prep_seconds + travel_s),
+            created_at=now,
+            updated_at=now,
+            confirmed_at=None,
+            ready_at=None,
+            picked_up_at=None,
+            delivered_at=None,
+            cancelled_at=None,
+            cancel_reason=None,
+            cancelled_by_role=None,
+            refund_minor=0,
+            cancellation_fee_minor=0,
+            note=wanted.note,
+        )
+        response = order_service_pb2.CreateOrderResponse(
+            order=order_to_proto(order, priced.lines, show_pin=True)
+        )
+        payload = response.SerializeToString()
+        placed = await self._orders.create(
+            order_id=order.id,
+            customer_id=principal.subject,
+            merchant_id=merchant.id,
+            request_id=wanted.request_id,
+            request_hash=request_hash,
+            response=payload,
+            priced=priced,
+            delivery_address=order.delivery_address,
+            delivery_lat=order.delivery_lat,
+            delivery_lng=order.delivery_lng,
+            delivery_pin=order.delivery_pin,
+            handoff_policy=order.handoff_policy,
+            estimated_prep_seconds=merchant.avg_prep_seconds,
+            estimated_delivery_at=order.estimated_delivery_at or now,
+            note=order.note,
+            now=now,
+            event=Event("order.created", order_event("placed", order, uuid.uuid4().hex, now)),
+            notifications=_drafts(drafts_for("placed", order)),
+            key_ttl_s=self._policy.idempotency_ttl_s,
+        )
+        if placed:
+            return response
+        replay = await self._orders.replay(principal.subject, CREATE_ORDER, wanted.request_id)
+        if not hmac.compare_digest(replay.request_hash, request_hash):
+            raise InvalidArgument(
+                FieldViolation("request_id", "was already used for a different order"),
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
+        return order_service_pb2.CreateOrderResponse.FromString(replay.response)
+
+    # --- the state machine -----------------------------------------------------------------
+
+    async def _transition(
+        self,
+        order_id: str,
+        action: Action,
+        *,
+        expected_version: int = 0,
+        driver_id: str | None = None,
+        reason: str | None = None,
+        cancel_reason: str | None = None,
+        estimated_prep_seconds: int | None = None,
+        proof: tuple[str, bytes | None, str | None, float | None, float | None, datetime | None]
+        | None = None,
+        check: object = None,
+    ) -> tuple[Order, Principal]:
+        principal = current_principal()
+        order = await self._load(order_id, principal)
+        change = plan(
+            order.ref, action, principal, expected_version=expected_version, driver_id=driver_id
+        )
+        if callable(check):
+            await check(order)
+        now = _now()
+        party = party_of(order.ref, principal)
+        cancel = None
+        after = dataclasses.replace(
+            order,
+            status=change.to_status,
+            version=order.version + 1,
+            driver_id=change.driver_id,
+            updated_at=now,
+        )
+        if change.to_status is OrderStatus.CANCELLED:
+            settlement = settle_cancellation(
+                status=order.status,
+                party=party,
+                subtotal_minor=order.subtotal_minor,
+                delivery_fee_minor=order.delivery_fee_minor,
+                tip_minor=order.tip_minor,
+            )
+            cancel = (
+                cancel_reason or "other",
+                _actor_role(principal),
+                settlement.refund_minor,
+                settlement.cancellation_fee_minor,
+            )
+            after = dataclasses.replace(
+                after,
+                cancelled_at=now,
+                cancel_reason=cancel[0],
+                cancelled_by_role=cancel[1],
+                refund_minor=cancel[2],
+                cancellation_fee_minor=cancel[3],
+            )
+        stamped: str | None = {
+            "confirmed_at": "confirmed_at",
+            "ready_at": "ready_at",
+            "picked_up_at": "picked_up_at",
+            "delivered_at": "delivered_at",
+        }.get(change.stamps or "")
+        if stamped:
+            stamp_now: dict[str, Any] = {stamped: now}
+            after = dataclasses.replace(after, **stamp_now)
+        if estimated_prep_seconds:
+            after = dataclasses.replace(after, estimated_prep_seconds=estimated_prep_seconds)
+        version = await self._orders.apply(
+            order.id,
+            change,
+            actor_id=None if principal.is_service else principal.subject,
+            actor_role=_actor_role(principal),
+            now=now,
+            event=Event(
+                f"order.{action.value}",
+                order_event(
+                    action, after, uuid.uuid4().hex, now, previous_driver_id=order.driver_id
+                ),
+            ),
+            notifications=_drafts(drafts_for(action, after, order.driver_id)),
+            reason=reason,
+            cancel=cancel,
+            estimated_prep_seconds=estimated_prep_seconds,
+            proof=proof,
+        )
+        if version is None:
+            current = await self._orders.get(order.id)
+            raise _lost_race(order, current, action)
+        return after, principal
+
+    async def _respond(self, order: Order, principal: Principal) -> order_pb2.Order:
+        return await self._view(order, principal)
+
+    async def ConfirmOrder(
+        self, request: order_service_pb2.ConfirmOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.ConfirmOrderResponse:
+        prep = None
+        if request.HasField("estimated_prep_duration"):
+            prep = int(request.estimated_prep_duration.ToTimedelta().total_seconds())
+            if not 60 <= prep <= 3 * 3600:
+                raise InvalidArgument(
+                    FieldViolation("estimated_prep_duration", "must be 1 minute to 3 hours")
+                )
+        order, who = await self._transition(
+            request.order_id,
+            Action.CONFIRM,
+            expected_version=request.expected_version,
+            estimated_prep_seconds=prep,
+        )
+        return order_service_pb2.ConfirmOrderResponse(order=await self._respond(order, who))
+
+    async def RejectOrder(
+        self, request: order_service_pb2.RejectOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.RejectOrderResponse:
+        reason = _cancel_reason(request.reason)
+        order, who = await self._transition(
+            request.order_id,
+            Action.REJECT,
+            expected_version=request.expected_version,
+            cancel_reason=reason,
+            reason=request.note or None,
+        )
+        return order_service_pb2.RejectOrderResponse(order=await self._respond(order, who))
+
+    async def StartPreparing(
+        self, request: order_service_pb2.StartPreparingRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.StartPreparingResponse:
+        order, who = await self._transition(
+            request.order_id, Action.START_PREPARING, expected_version=request.expected_version
+        )
+        return order_service_pb2.StartPreparingResponse(order=await self._respond(order, who))
+
+    async def MarkOrderReady(
+        self, request: order_service_pb2.MarkOrderReadyRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.MarkOrderReadyResponse:
+        order, who = await self._transition(
+            request.order_id, Action.MARK_READY, expected_version=request.expected_version
+        )
+        return order_service_pb2.MarkOrderReadyResponse(order=await self._respond(order, who))
+
+    async def AssignCourier(
+        self, request: order_service_pb2.AssignCourierRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.AssignCourierResponse:
+        driver_id = _check_id(request.driver_id, "driver_id")
+        try:
+            order, who = await self._transition(
+                request.order_id,
+                Action.ASSIGN_COURIER,
+                driver_id=driver_id,
+                reason=f"offer {request.offer_id}" if request.offer_id else None,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise InvalidArgument(FieldViolation("driver_id", "is not a courier")) from None
+        return order_service_pb2.AssignCourierResponse(order=await self._respond(order, who))
+
+    async def PickUpOrder(
+        self, request: order_service_pb2.PickUpOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.PickUpOrderResponse:
+        order, who = await self._transition(
+            request.order_id, Action.PICK_UP, expected_version=request.expected_version
+        )
+        return order_service_pb2.PickUpOrderResponse(order=await self._respond(order, who))
+
+    async def CompleteDelivery(
+        self,
+        request: order_service_pb2.CompleteDeliveryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> order_service_pb2.CompleteDeliveryResponse:
+        kind = request.WhichOneof("proof")
+        if kind is None:
+            raise InvalidArgument(FieldViolation("proof", "a PIN or a proof of delivery is needed"))
+        proof_row: tuple[str, bytes | None, str | None, float | None, float | None, datetime | None]
+        if kind == "pin":
+            proof_row = ("pin", None, None, None, None, None)
+        else:
+            pod = request.proof_of_delivery
+            v = Validator()
+            v.check(bool(pod.photo), "proof_of_delivery.photo", "is required")
+            v.check(
+                len(pod.photo) <= self._policy.max_photo_bytes,
+                "proof_of_delivery.photo",
+                f"must be at most {self._policy.max_photo_bytes} bytes",
+            )
+            v.check(
+                pod.content_type in _PHOTO_TYPES,
+                "proof_of_delivery.content_type",
+                "must be one of " + ", ".join(sorted(_PHOTO_TYPES)),
+            )
+            if v.check(pod.HasField("location"), "proof_of_delivery.location", "is required"):
+                validate_location(
+                    v, "proof_of_delivery.location", pod.location.latitude, pod.location.longitude
+                )
+            v.raise_if_any()
+            captured = pod.capture_time.ToDatetime(UTC) if pod.HasField("capture_time") else None
+            proof_row = (
+                "photo",
+                pod.photo,
+                pod.content_type,
+                pod.location.latitude,
+                pod.location.longitude,
+                captured,
+            )
+
+        async def check(order: Order) -> None:
+            policy = HandoffPolicy(order.handoff_policy)
+            if kind == "pin":
+                if policy is HandoffPolicy.PHOTO:
+                    raise FailedPrecondition(
+                        "this order needs a proof-of-delivery photo", reason="PHOTO_REQUIRED"
+                    )
+                await self._check_pin(order, request.pin)
+            elif policy is HandoffPolicy.PIN:
+                raise FailedPrecondition(
+                    "this order needs the customer's PIN", reason="PIN_REQUIRED"
+                )
+
+        order, who = await self._transition(
+            request.order_id,
+            Action.DELIVER,
+            expected_version=request.expected_version,
+            proof=proof_row,
+            check=check,
+        )
+        return order_service_pb2.CompleteDeliveryResponse(order=await self._respond(order, who))
+
+    async def _check_pin(self, order: Order, pin: str) -> None:
+        # Four digits are guessable; count failures per order and stop after a few.
+        key = f"pin-attempts:{order.id}"
+        failures = int(await self._redis.get(key) or 0)
+        if failures >= self._policy.max_pin_attempts:
+            raise ResourceExhausted(
+                "too many wrong PINs: deliver with a photo or contact support",
+                reason="PIN_ATTEMPTS_EXCEEDED",
+            )
+        if not hmac.compare_digest(pin.encode(), order.delivery_pin.encode()):
+            await self._redis.incr(key)
+            await self._redis.expire(key, 24 * 3600)
+            raise FailedPrecondition("the PIN does not match", reason="PIN_MISMATCH")
+
+    async def CancelOrder(
+        self, request: order_service_pb2.CancelOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.CancelOrderResponse:
+        reason = _cancel_reason(request.reason)
+        order, who = await self._transition(
+            request.order_id,
+            Action.CANCEL,
+            expected_version=request.expected_version,
+            cancel_reason=reason,
+            reason=request.note or None,
+        )
+        return order_service_pb2.CancelOrderResponse(order=await self._respond(order, who))
+
+    # --- feedback --------------------------------------------------------------------------
+
+    async def ReportProblem(
+        self, request: order_service_pb2.ReportProblemRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.ReportProblemResponse:
+        principal = current_principal()
+        v = Validator()
+        v.check(request.reason != 0, "reason", "must be set")
+        v.check(len(request.description) <= 2000, "description", "must be at most 2000 characters")
+        v.raise_if_any()
+        order = await self._load(request.order_id, principal)
+        now = _now()
+        reason = enum_name(order_pb2.ProblemReason, request.reason, "PROBLEM_REASON_")
+        report = await self._feedback.report_problem(
+            order_id=order.id,
+            reporter_id=None if principal.is_service else principal.subject,
+            reporter_role=_actor_role(principal),
+            reason=reason,
+            description=request.description,
+            event_type="order.problem_reported",
+            payload=order_event("problem", order, uuid.uuid4().hex, now),
+        )
+        return order_service_pb2.ReportProblemResponse(report=problem_to_proto(report))
+
+    async def RateOrder(
+        self, request: order_service_pb2.RateOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.RateOrderResponse:
+        principal = current_principal()
+        v = Validator()
+        v.check(1 <= request.score <= 5, "score", "must be 1 to 5")
+        v.check(request.target != 0, "target", "must be set")
+        v.check(len(request.comment) <= 1000, "comment", "must be at most 1000 characters")
+        v.raise_if_any()
+        order = await self._load(request.order_id, principal)
+        target = enum_name(order_pb2.RatingTarget, request.target, "RATING_TARGET_")
+        party = party_of(order.ref, principal)
+        allowed = {Party.CUSTOMER: {"driver", "merchant"}, Party.DRIVER: {"customer"}}
+        if target not in allowed.get(party, set()):
+            raise PermissionDenied(
+                f"a {party.value} cannot rate the {target} of an order", reason="RATING_NOT_ALLOWED"
+            )
+        if order.status is not OrderStatus.DELIVERED:
+            raise FailedPrecondition("only a delivered order can be rated", reason="NOT_DELIVERED")
+        target_id = {
+            "driver": order.driver_id,
+            "merchant": order.merchant_id,
+            "customer": order.customer_id,
+        }[target]
+        if target_id is None:
+            raise FailedPrecondition(f"the order's {target} is gone", reason="TARGET_GONE")
+        rating = await self._feedback.rate(
+            order_id=order.id,
+            rater_id=principal.subject,
+            rater_role=principal.role.value,
+            target=target,
+            target_id=target_id,
+            score=request.score,
+            comment=request.comment,
+        )
+        return order_service_pb2.RateOrderResponse(rating=rating_to_proto(rating))
+
+    async def ListNotifications(
+        self,
+        request: order_service_pb2.ListNotificationsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> order_service_pb2.ListNotificationsResponse:
+        principal = current_principal()
+        limit = _page_size(request.page_size)
+        cursor = decode_token(request.page_token, 1)
+        before = None
+        if cursor:
+            if not cursor[0].isdigit():
+                raise InvalidArgument(
+                    FieldViolation("page_token", "is not a token this API issued")
+                )
+            before = int(cursor[0])
+        items = await self._feedback.notifications(
+            principal.subject, unread_only=request.unread_only, limit=limit + 1, before_id=before
+        )
+        page, more = items[:limit], len(items) > limit
+        return order_service_pb2.ListNotificationsResponse(
+            notifications=[notification_to_proto(n) for n in page],
+            next_page_token=encode_token(page[-1].id) if more else "",
+        )
+
+    async def MarkNotificationsRead(
+        self,
+        request: order_service_pb2.MarkNotificationsReadRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> order_service_pb2.MarkNotificationsReadResponse:
+        principal = current_principal()
+        ids = None
+        if request.notification_ids:
+            bad = [i for i, n in enumerate(request.notification_ids) if not n.isdigit()]
+            if bad:
+                raise InvalidArgument(
+                    [
+                        FieldViolation(f"notification_ids[{i}]", "is not a notification id")
+                        for i in bad
+                    ]
+                )
+            ids = [int(n) for n in request.notification_ids]
+        count = await self._feedback.mark_read(principal.subject, ids)
+        return order_service_pb2.MarkNotificationsReadResponse(marked_count=count)
+
+    # --- operators -------------------------------------------------------------------------
+
+    async def ListStuckOrders(
+        self,
+        request: order_service_pb2.ListStuckOrdersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> order_service_pb2.ListStuckOrdersResponse:
+        principal = current_principal()
+        principal.require(Role.ADMIN, Role.SERVICE)
+        stuck_for = (
+            request.stuck_duration.ToTimedelta()
+            if request.HasField("stuck_duration")
+            else timedelta(minutes=30)
+        )
+        if stuck_for <= timedelta(0):
+            raise InvalidArgument(FieldViolation("stuck_duration", "must be positive"))
+        limit = _page_size(request.page_size)
+        cursor = decode_token(request.page_token, 2)
+        after = None
+        if cursor:
+            after = (datetime.fromisoformat(cursor[0]), _check_id(cursor[1], "page_token"))
+        now = _now()
+        orders = await self._orders.stuck(older_than=now - stuck_for, limit=limit + 1, after=after)
+        page, more = orders[:limit], len(orders) > limit
+        return order_service_pb2.ListStuckOrdersResponse(
+            stuck_orders=[
+                order_pb2.StuckOrder(
+                    order=await self._view(o, principal),
+                    state_duration=duration((now - o.updated_at).total_seconds()),
+                )
+                for o in page
+            ],
+            next_page_token=encode_token(page[-1].updated_at, page[-1].id) if more else "",
+        )
+
+    async def ReassignOrder(
+        self, request: order_service_pb2.ReassignOrderRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.ReassignOrderResponse:
+        current_principal().require(Role.ADMIN)
+        new_driver = (
+            _check_id(request.new_driver_id, "new_driver_id") if request.new_driver_id else None
+        )
+        try:
+            order, who = await self._transition(
+                request.order_id,
+                Action.REASSIGN_COURIER,
+                driver_id=new_driver,
+                reason=request.reason or None,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise InvalidArgument(FieldViolation("new_driver_id", "is not a courier")) from None
+        return order_service_pb2.ReassignOrderResponse(order=await self._respond(order, who))
+
+    async def RunRetention(
+        self, request: order_service_pb2.RunRetentionRequest, context: grpc.aio.ServicerContext
+    ) -> order_service_pb2.RunRetentionResponse:
+        current_principal().require(Role.ADMIN)
+        results = await self._feedback.run_retention(dry_run=request.dry_run)
+        return order_service_pb2.RunRetentionResponse(
+            results=[
+                order_pb2.RetentionResult(table_name=table, rows_deleted=count)
+                for table, count in results
+            ]
+        )
+
+
+def _drafts(drafts: list) -> list[NotificationDraft]:  # type: ignore[type-arg]
+    return [NotificationDraft(d.recipient_id, d.type, d.title, d.body) for d in drafts]
+
+
+def _cancel_reason(value: int) -> str:
+    if value == 0 or value not in order_pb2.CancelReason.values():
+        raise InvalidArgument(FieldViolation("reason", "must be a cancel reason"))
+    return enum_name(order_pb2.CancelReason, value, "CANCEL_REASON_")
+
+
+def _lost_race(planned: Order, current: Order | None, action: Action) -> Exception:
+    """The error for a conditional update that matched nothing: someone else changed the order."""
+    now_status = current.status.value if current else "gone"
+    return Aborted(
+        f"order {planned.id} changed while this {action.value.replace('_', ' ')} was in flight;"
+        f" it is now {now_status}",
+        reason="CONCURRENT_CHANGE",
+        metadata={
+            "planned_from": planned.status.value,
+            "status": now_status,
+            "version": str(current.version if current else 0),
+        },
+    )

@@ -1,0 +1,349 @@
+"""The transactional outbox against a real PostgreSQL and Redis: append, relay, consume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from delivery.order.v1 import order_events_pb2
+from mesh.events import Event, EventConsumer, decode_entry, ensure_group, stream_for
+from mesh.stores import Stores
+from order_svc.relay import OutboxRelay
+from order_svc.store.outbox import OutboxEvent, append_event, append_events
+
+
+def _unique_type() -> str:
+    # Test runs share one Redis: a stream of their own keeps them apart.
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def _event(aggregate_type: str, order_id: str | None = None) -> OutboxEvent:
+    order_id = order_id or str(uuid.uuid4())
+    payload = order_events_pb2.OrderEvent(
+        order_id=order_id, type=order_events_pb2.ORDER_EVENT_TYPE_CREATED
+    ).SerializeToString()
+    return OutboxEvent(
+        aggregate_type=aggregate_type,
+        aggregate_id=order_id,
+        event_type="order.created",
+        payload=payload,
+        headers={"request_id": f"req-{order_id[:8]}"},
+    )
+
+
+async def _commit(stores: Stores, events: list[OutboxEvent]) -> list[int]:
+    assert stores.pool is not None
+    async with stores.pool.acquire() as conn, conn.transaction():
+        return await append_events(conn, events)
+
+
+async def _drain(relay: OutboxRelay) -> None:
+    """Relays batches until the outbox has nothing left to publish."""
+    while await relay.relay_once():
+        pass
+
+
+async def _stream(redis: Redis, stream: str) -> list[Event]:
+    entries: list[tuple[Any, Any]] = await redis.xrange(stream) or []
+    return [decode_entry(stream, entry_id, fields) for entry_id, fields in entries]
+
+
+async def _eventually(condition: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Polls ``condition`` until it holds; the per-test timeout, not a threshold here, bounds it."""
+    while True:
+        result = condition()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _unpublished(stores: Stores, aggregate_type: str) -> int:
+    assert stores.pool is not None
+    count = await stores.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE aggregate_type = $1 AND published_at IS NULL",
+        aggregate_type,
+    )
+    assert isinstance(count, int)
+    return count
+
+
+@contextlib.asynccontextmanager
+async def _running(consumer: EventConsumer | OutboxRelay) -> AsyncIterator[None]:
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield
+    finally:
+        consumer.stop()
+        await task
+
+
+@pytest.fixture
+def relay(stores: Stores) -> OutboxRelay:
+    assert stores.pool is not None and stores.redis is not None
+    return OutboxRelay(stores.pool, stores.redis, batch_size=500)
+
+
+@pytest.fixture
+def redis(stores: Stores) -> Redis:
+    assert stores.redis is not None
+    return stores.redis
+
+
+async def test_events_of_a_rolled_back_transaction_are_never_published(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    assert stores.pool is not None
+    async with stores.pool.acquire() as conn:
+        with contextlib.suppress(LookupError):
+            async with conn.transaction():
+                rolled_back = _event(aggregate_type)
+                await append_event(
+                    conn,
+                    aggregate_type=aggregate_type,
+                    aggregate_id=rolled_back.aggregate_id,
+                    event_type=rolled_back.event_type,
+                    payload=rolled_back.payload,
+                )
+                raise LookupError("the order change failed after the event was appended")
+        async with conn.transaction():
+            committed = _event(aggregate_type)
+            committed_id = await append_event(
+                conn,
+                aggregate_type=aggregate_type,
+                aggregate_id=committed.aggregate_id,
+                event_type=committed.event_type,
+                payload=committed.payload,
+            )
+
+    await _drain(relay)
+
+    entries = await _stream(redis, stream_for(aggregate_type))
+    assert [e.event_id for e in entries] == [str(committed_id)]
+    assert entries[0].aggregate_id == committed.aggregate_id
+    count = await stores.pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE aggregate_type = $1", aggregate_type
+    )
+    assert count == 1
+
+
+async def test_committed_events_are_published_once_in_id_order_and_marked(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    events = [_event(aggregate_type) for _ in range(5)]
+    ids = await _commit(stores, events[:3]) + await _commit(stores, events[3:])
+    assert ids == sorted(ids)
+
+    await _drain(relay)
+    await _drain(relay)  # A second pass finds nothing more to publish.
+
+    entries = await _stream(redis, stream_for(aggregate_type))
+    assert [e.event_id for e in entries] == [str(i) for i in ids]
+    for entry, event in zip(entries, events, strict=True):
+        assert entry.type == "order.created"
+        assert entry.aggregate_id == event.aggregate_id
+        assert entry.payload == event.payload
+        assert entry.headers == event.headers
+        decoded = order_events_pb2.OrderEvent.FromString(entry.payload)
+        assert decoded.order_id == event.aggregate_id
+    assert stores.pool is not None
+    rows = await stores.pool.fetch(
+        "SELECT id, created_at, published_at, publish_attempts, last_error FROM outbox"
+        " WHERE aggregate_type = $1 ORDER BY id",
+        aggregate_type,
+    )
+    assert [r["id"] for r in rows] == ids
+    for row, entry in zip(rows, entries, strict=True):
+        assert row["published_at"] is not None
+        assert row["publish_attempts"] == 1
+        assert row["last_error"] is None
+        assert entry.occurred_at == row["created_at"]
+
+
+async def test_a_consumer_group_receives_every_event_and_acks_it(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    stream, group = stream_for(aggregate_type), "tracking"
+    await ensure_group(redis, stream, group)
+    await ensure_group(redis, stream, group)  # An existing group is left as it is.
+    ids = await _commit(stores, [_event(aggregate_type) for _ in range(20)])
+    await _drain(relay)
+    seen: list[str] = []
+
+    async def handle(event: Event) -> None:
+        seen.append(event.event_id)
+
+    consumer = EventConsumer(redis, stream, group, "c1", handle, batch_size=7, block_s=0.05)
+    async with _running(consumer):
+        await _eventually(lambda: len(seen) == len(ids))
+
+    assert seen == [str(i) for i in ids]
+    assert consumer.handled == len(ids) and consumer.duplicates == 0
+    assert (await redis.xpending(stream, group))["pending"] == 0
+
+
+async def test_an_event_whose_handler_crashed_is_delivered_again_on_restart(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    stream, group = stream_for(aggregate_type), f"g_{uuid.uuid4().hex[:8]}"
+    await ensure_group(redis, stream, group)
+    ids = [str(i) for i in await _commit(stores, [_event(aggregate_type) for _ in range(5)])]
+    await _drain(relay)
+    crash_on = ids[2]
+    first_run: list[str] = []
+
+    async def crashing(event: Event) -> None:
+        if event.event_id == crash_on:
+            raise RuntimeError("the handler's database went away")
+        first_run.append(event.event_id)
+
+    # A long retry delay: the first consumer must not retry by itself before it is stopped.
+    consumer = EventConsumer(redis, stream, group, "c1", crashing, block_s=0.05, retry_delay_s=60)
+    async with _running(consumer):
+        await _eventually(lambda: consumer.failures == 1)
+    assert first_run == ids[:2]
+    pending = await redis.xpending_range(stream, group, min="-", max="+", count=10)
+    assert [p["consumer"] for p in pending] == [b"c1"] * 3  # The crashed event and the rest.
+
+    second_run: list[str] = []
+
+    async def healthy(event: Event) -> None:
+        second_run.append(event.event_id)
+
+    restarted = EventConsumer(redis, stream, group, "c1", healthy, block_s=0.05)
+    async with _running(restarted):
+        await _eventually(lambda: len(second_run) == 3)
+    assert second_run == ids[2:]
+    assert (await redis.xpending(stream, group))["pending"] == 0
+
+
+async def test_a_republished_event_is_a_no_op_for_a_group_that_processed_it(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    stream, group = stream_for(aggregate_type), f"g_{uuid.uuid4().hex[:8]}"
+    await ensure_group(redis, stream, group)
+    ids = [str(i) for i in await _commit(stores, [_event(aggregate_type) for _ in range(3)])]
+    await _drain(relay)
+    handled: list[str] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(event.event_id)
+
+    consumer = EventConsumer(redis, stream, group, "c1", handle, block_s=0.05)
+    async with _running(consumer):
+        await _eventually(lambda: len(handled) == 3)
+        # What a relay killed after XADD but before its commit leaves behind: the row is
+        # unpublished again, and the next relay publishes it a second time.
+        assert stores.pool is not None
+        await stores.pool.execute(
+            "UPDATE outbox SET published_at = NULL WHERE id = $1", int(ids[1])
+        )
+        await _drain(relay)
+        await _eventually(lambda: consumer.duplicates == 1)
+
+    entries = await _stream(redis, stream)
+    assert [e.event_id for e in entries] == [*ids, ids[1]]
+    assert handled == ids
+    assert consumer.handled == 3
+    assert (await redis.xpending(stream, group))["pending"] == 0
+
+
+async def test_entries_left_pending_by_a_dead_consumer_are_claimed(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    stream, group = stream_for(aggregate_type), f"g_{uuid.uuid4().hex[:8]}"
+    await ensure_group(redis, stream, group)
+    ids = [str(i) for i in await _commit(stores, [_event(aggregate_type) for _ in range(4)])]
+    await _drain(relay)
+    # A consumer that read the entries and died before acknowledging any of them.
+    await redis.xreadgroup(group, "dead", {stream: ">"}, count=10)
+    handled: list[str] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(event.event_id)
+
+    # Idle for 0 ms is old enough: the dead consumer will never come back for them.
+    consumer = EventConsumer(redis, stream, group, "alive", handle, block_s=0.05, claim_idle_s=0)
+    async with _running(consumer):
+        await _eventually(lambda: len(handled) == 4)
+    assert handled == ids
+    assert (await redis.xpending(stream, group))["pending"] == 0
+
+
+async def test_skip_locked_leaves_rows_another_relay_holds(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    ids = await _commit(stores, [_event(aggregate_type) for _ in range(6)])
+    held, free = ids[:3], ids[3:]
+    assert stores.pool is not None
+    async with stores.pool.acquire() as other_relay, other_relay.transaction():
+        await other_relay.execute("SELECT id FROM outbox WHERE id = ANY($1) FOR UPDATE", held)
+        await relay.relay_once()
+        published = await _stream(redis, stream_for(aggregate_type))
+        assert [e.event_id for e in published] == [str(i) for i in free]
+    await _drain(relay)
+    published = await _stream(redis, stream_for(aggregate_type))
+    assert sorted(int(e.event_id) for e in published) == ids
+
+
+async def test_two_relays_running_at_once_publish_each_event_exactly_once(
+    stores: Stores, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    ids: list[int] = []
+    for _ in range(10):
+        ids += await _commit(stores, [_event(aggregate_type) for _ in range(200)])
+    assert stores.pool is not None
+    relays = [OutboxRelay(stores.pool, redis, batch_size=50, idle_sleep_s=0.01) for _ in range(2)]
+    async with _running(relays[0]), _running(relays[1]):
+        await _eventually(lambda: _unpublished_is_zero(stores, aggregate_type))
+    published = [int(e.event_id) for e in await _stream(redis, stream_for(aggregate_type))]
+    assert len(published) == len(ids)
+    assert sorted(published) == ids
+    assert all(r.errors == 0 for r in relays)
+
+
+async def _unpublished_is_zero(stores: Stores, aggregate_type: str) -> bool:
+    return await _unpublished(stores, aggregate_type) == 0
+
+
+async def test_a_failed_publish_rolls_back_and_a_later_relay_publishes(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    ids = await _commit(stores, [_event(aggregate_type) for _ in range(3)])
+    assert stores.pool is not None
+    # A port bound but never listened on refuses every connection: Redis is down.
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        down = Redis.from_url(f"redis://127.0.0.1:{closed_port.getsockname()[1]}/0")
+        try:
+            broken = OutboxRelay(stores.pool, down, batch_size=10_000)
+            with pytest.raises(Exception, match=r"(?i)connect"):
+                await broken.relay_once()
+        finally:
+            await down.aclose()
+    rows = await stores.pool.fetch(
+        "SELECT published_at, publish_attempts, last_error FROM outbox WHERE id = ANY($1)", ids
+    )
+    assert all(r["published_at"] is None for r in rows)
+    assert all(r["publish_attempts"] == 1 and r["last_error"] for r in rows)
+
+    await _drain(relay)
+    published = await _stream(redis, stream_for(aggregate_type))
+    assert [int(e.event_id) for e in published] == ids
+    assert await _unpublished(stores, aggregate_type) == 0
