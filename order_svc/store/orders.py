@@ -341,8 +341,8 @@ _CREATE_SQL = """
 WITH claim AS (
     INSERT INTO idempotency_keys AS k (caller_id, operation, request_id, request_hash, status,
                                        response, resource_id, created_at, completed_at, expires_at)
-    VALUES ($1::uuid, $2, $3, $4, 'completed', $5, $6::uuid, $7, $7,
-            $7 + make_interval(secs => $8))
+    VALUES ($1::uuid, $2, $3, $4, 'completed', $5, $6::uuid, $7::timestamptz, $7::timestamptz,
+            $7::timestamptz + make_interval(secs => $8::double precision))
     ON CONFLICT (caller_id, operation, request_id) DO UPDATE
        SET request_hash = EXCLUDED.request_hash, status = 'completed',
            response = EXCLUDED.response, resource_id = EXCLUDED.resource_id,
@@ -357,7 +357,7 @@ WITH claim AS (
                         estimated_prep_seconds, estimated_delivery_at, created_at, updated_at,
                         note)
     SELECT $6::uuid, $1::uuid, $9::uuid, 'pending', 1, $10, $11, $12, $13, $14, $15, $16, $17,
-           $18, $19, $20, $21, $7, $7, $22
+           $18, $19, $20, $21, $7::timestamptz, $7::timestamptz, $22
       FROM claim
     RETURNING id
 ), items AS (
@@ -378,13 +378,13 @@ WITH claim AS (
 ), hist AS (
     INSERT INTO order_status_history (order_id, from_status, to_status, version, actor_id,
                                       actor_role, created_at)
-    SELECT id, NULL, 'pending', 1, $1::uuid, 'customer', $7 FROM ord
+    SELECT id, NULL, 'pending', 1, $1::uuid, 'customer', $7::timestamptz FROM ord
 ), event AS (
     INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
-    SELECT 'order', id, $36, $37, $7 FROM ord
+    SELECT 'order', id, $36, $37, $7::timestamptz FROM ord
 ), notes AS (
     INSERT INTO notifications (recipient_id, order_id, type, title, body, created_at)
-    SELECT n.recipient, ord.id, n.type, n.title, n.body, $7
+    SELECT n.recipient, ord.id, n.type, n.title, n.body, $7::timestamptz
       FROM ord, unnest($38::uuid[], $39::text[], $40::text[], $41::text[])
                 AS n(recipient, type, title, body)
 )
@@ -416,7 +416,7 @@ def _transition_sql(stamp: str | None, with_proof: bool) -> str:
         """, proof AS (
     INSERT INTO delivery_proofs (order_id, kind, photo, content_type, lat, lng, captured_at,
                                  created_at)
-    SELECT id, $21, $22, $23, $24, $25, $26, $6 FROM upd
+    SELECT id, $21, $22, $23, $24, $25, $26, $6::timestamptz FROM upd
 )"""
         if with_proof
         else ""
@@ -424,7 +424,8 @@ def _transition_sql(stamp: str | None, with_proof: bool) -> str:
     sql = f"""
 WITH upd AS (
     UPDATE orders
-       SET status = $4, version = version + 1, driver_id = $5::uuid, updated_at = $6{stamp_set},
+       SET status = $4, version = version + 1, driver_id = $5::uuid,
+           updated_at = $6::timestamptz{stamp_set},
            cancel_reason = coalesce($8, cancel_reason),
            cancelled_by_role = coalesce($9, cancelled_by_role),
            refund_minor = coalesce($10, refund_minor),
@@ -435,13 +436,13 @@ WITH upd AS (
 ), hist AS (
     INSERT INTO order_status_history (order_id, from_status, to_status, version, actor_id,
                                       actor_role, reason, created_at)
-    SELECT id, $2, $4, version, $13::uuid, $14, $7, $6 FROM upd
+    SELECT id, $2, $4, version, $13::uuid, $14, $7, $6::timestamptz FROM upd
 ), event AS (
     INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
-    SELECT 'order', id, $15, $16, $6 FROM upd
+    SELECT 'order', id, $15, $16, $6::timestamptz FROM upd
 ), notes AS (
     INSERT INTO notifications (recipient_id, order_id, type, title, body, created_at)
-    SELECT n.recipient, upd.id, n.type, n.title, n.body, $6
+    SELECT n.recipient, upd.id, n.type, n.title, n.body, $6::timestamptz
       FROM upd, unnest($17::uuid[], $18::text[], $19::text[], $20::text[])
                 AS n(recipient, type, title, body)
 ){proof}
