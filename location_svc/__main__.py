@@ -1,7 +1,6 @@
 """``python -m location_svc`` runs location_svc."""
 
-import asyncio
-
 from location_svc.server import main
+from mesh.server import run_main
 
-asyncio.run(main())
+run_main(main)

@@ -1,7 +1,6 @@
 """``python -m matching_svc`` runs matching_svc."""
 
-import asyncio
-
 from matching_svc.server import main
+from mesh.server import run_main
 
-asyncio.run(main())
+run_main(main)

@@ -222,3 +222,14 @@ def build_mesh_server(
     )
     interceptor = MeshInterceptor(sessions, public_methods)
     return build_grpc_server(settings.server, bindings, [interceptor], interceptor.gate)
+
+
+def run_main(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Runs a service's ``main()`` to completion, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional
+        asyncio.run(main())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -1,7 +1,6 @@
 """``python -m order_svc`` runs order_svc."""
 
-import asyncio
-
+from mesh.server import run_main
 from order_svc.server import main
 
-asyncio.run(main())
+run_main(main)

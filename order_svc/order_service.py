@@ -19,6 +19,7 @@ from delivery.order.v1 import order_pb2, order_service_pb2, order_service_pb2_gr
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import (
     Aborted,
+    DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -40,7 +41,7 @@ from order_svc.convert_orders import (
     problem_to_proto,
     rating_to_proto,
 )
-from order_svc.domain.menus import HandoffPolicy
+from order_svc.domain.menus import HandoffPolicy, MenuItem, Merchant
 from order_svc.domain.notifications import drafts_for
 from order_svc.domain.orders import (
     Action,
@@ -59,8 +60,16 @@ from order_svc.domain.pricing import (
     validate_order_input,
 )
 from order_svc.store.feedback import FeedbackStore
+from order_svc.store.menu_cache import MenuCache
 from order_svc.store.merchants import MerchantStore
-from order_svc.store.orders import CREATE_ORDER, Event, NotificationDraft, OrderStore
+from order_svc.store.orders import (
+    CREATE_ORDER,
+    Event,
+    NotificationDraft,
+    OrderStore,
+    Placement,
+    PriceVersion,
+)
 
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/heic"})
 _DEFAULT_PAGE = 20
@@ -117,7 +126,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         policy: OrderPolicy | None = None,
     ) -> None:
         self._orders = orders
-        self._merchants = merchants
+        self._menus = MenuCache(merchants)
         self._feedback = feedback
         self._redis = redis
         self._policy = policy or OrderPolicy()
@@ -206,12 +215,47 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         validate_order_input(wanted)
         request_hash = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
-        merchant = await self._merchants.get(wanted.merchant_id)
-        if merchant is None:
-            raise NotFound(f"merchant {wanted.merchant_id} not found", reason="MERCHANT_NOT_FOUND")
-        menu = await self._merchants.menu_items_for_order(
-            wanted.merchant_id, sorted({line.menu_item_id for line in wanted.lines})
-        )
+        item_ids = sorted({line.menu_item_id for line in wanted.lines})
+        # First from the cache; if the cache was stale (the statement says so) or made the
+        # order look impossible, once more from a fresh read.
+        for fresh in (False, True):
+            merchant, menu = await self._menus.lookup(wanted.merchant_id, item_ids, fresh=fresh)
+            try:
+                if merchant is None:
+                    raise NotFound(
+                        f"merchant {wanted.merchant_id} not found", reason="MERCHANT_NOT_FOUND"
+                    )
+                response, outcome = await self._place(
+                    principal, wanted, request_hash, merchant, menu
+                )
+            except DomainError:
+                if fresh:
+                    raise
+                continue
+            if outcome is Placement.PLACED:
+                return response
+            if outcome is Placement.DUPLICATE:
+                break
+        else:
+            raise Aborted(
+                "the menu changed while the order was placed; retry", reason="MENU_CHANGED"
+            )
+        replay = await self._orders.replay(principal.subject, CREATE_ORDER, wanted.request_id)
+        if not hmac.compare_digest(replay.request_hash, request_hash):
+            raise InvalidArgument(
+                FieldViolation("request_id", "was already used for a different order"),
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
+        return order_service_pb2.CreateOrderResponse.FromString(replay.response)
+
+    async def _place(
+        self,
+        principal: Principal,
+        wanted: OrderInput,
+        request_hash: bytes,
+        merchant: Merchant,
+        menu: dict[str, MenuItem],
+    ) -> tuple[order_service_pb2.CreateOrderResponse, Placement]:
         priced = price_order(wanted, merchant, menu, self._policy.fees)
 
         now = _now()
@@ -255,7 +299,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             order=order_to_proto(order, priced.lines, show_pin=True)
         )
         payload = response.SerializeToString()
-        placed = await self._orders.create(
+        outcome = await self._orders.create(
             order_id=order.id,
             customer_id=principal.subject,
             merchant_id=merchant.id,
@@ -275,16 +319,12 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             event=Event("order.created", order_event("placed", order, uuid.uuid4().hex, now)),
             notifications=_drafts(drafts_for("placed", order)),
             key_ttl_s=self._policy.idempotency_ttl_s,
+            priced_from=PriceVersion(
+                merchant.updated_at,
+                tuple((i.id, i.updated_at) for i in menu.values() if i.updated_at is not None),
+            ),
         )
-        if placed:
-            return response
-        replay = await self._orders.replay(principal.subject, CREATE_ORDER, wanted.request_id)
-        if not hmac.compare_digest(replay.request_hash, request_hash):
-            raise InvalidArgument(
-                FieldViolation("request_id", "was already used for a different order"),
-                reason="IDEMPOTENCY_KEY_REUSED",
-            )
-        return order_service_pb2.CreateOrderResponse.FromString(replay.response)
+        return response, outcome
 
     # --- the state machine -----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from delivery.order.v1 import (
 )
 from mesh.auth import SessionStore
 from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
-from mesh.settings import Settings
+from mesh.settings import Settings, env_bool
 from mesh.stores import Stores
 from order_svc.domain.accounts import Passwords
 from order_svc.merchant_service import MerchantService
@@ -94,4 +94,10 @@ async def build_server(
 
 async def main() -> None:
     """Runs order_svc until SIGTERM."""
-    await run_service(Settings.from_env("order"), build_server)
+    # DELIVERY_ORDER_RELAY=0 leaves publishing to standalone relays (`python -m order_svc.relay`).
+    relay = env_bool(os.environ, "ORDER_RELAY", True)
+
+    async def build(settings: Settings, stores: Stores) -> MeshServer:
+        return await build_server(settings, stores, relay=relay)
+
+    await run_service(Settings.from_env("order"), build)

@@ -1,7 +1,6 @@
 """``python -m tracking_svc`` runs tracking_svc."""
 
-import asyncio
-
+from mesh.server import run_main
 from tracking_svc.server import main
 
-asyncio.run(main())
+run_main(main)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 import asyncpg
 
@@ -50,12 +51,23 @@ class Event:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StoredLine:
-    """An order line as stored."""
+class Placement(Enum):
+    """What :meth:`OrderStore.create` did."""
 
-    id: str
-    line: PricedLine
+    PLACED = "placed"
+    #: The request id was used before; nothing was written (see :meth:`OrderStore.replay`).
+    DUPLICATE = "duplicate"
+    #: The menu changed after it was read; nothing was written, price it again.
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceVersion:
+    """The versions of the merchant and items an order was priced from."""
+
+    merchant_updated_at: datetime
+    #: ``(menu_item_id, updated_at)`` of every item the order names.
+    items: tuple[tuple[str, datetime], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,13 +172,15 @@ class OrderStore:
         event: Event,
         notifications: Sequence[NotificationDraft],
         key_ttl_s: int,
-    ) -> bool:
-        """Places the order unless ``request_id`` was used before; returns whether it did.
+        priced_from: PriceVersion,
+    ) -> Placement:
+        """Places the order unless ``request_id`` was used before or the menu changed.
 
         The idempotency key is claimed in the same statement: a concurrent request with the
         same key blocks on the key's primary key until this one commits, then finds it taken
         and places nothing (read its outcome with :meth:`replay`). An expired key is taken
-        over.
+        over. Nothing is written either when the merchant or an item changed after
+        ``priced_from`` was read (:attr:`Placement.STALE`).
         """
         item_ids = [uuid.uuid4() for _ in priced.lines]
         opt_item, opt_group, opt_option, opt_group_name, opt_name, opt_delta = (
@@ -185,7 +199,7 @@ class OrderStore:
                 opt_group_name.append(option.group_name)
                 opt_name.append(option.name)
                 opt_delta.append(option.price_delta_minor)
-        placed = await self._pool.fetchval(
+        row = await self._pool.fetchrow(
             _CREATE_SQL,
             customer_id,
             CREATE_ORDER,
@@ -228,8 +242,14 @@ class OrderStore:
             [n.type for n in notifications],
             [n.title for n in notifications],
             [n.body for n in notifications],
+            priced_from.merchant_updated_at,
+            [item_id for item_id, _ in priced_from.items],
+            [at for _, at in priced_from.items],
         )
-        return bool(placed)
+        assert row is not None
+        if not row["fresh"]:
+            return Placement.STALE
+        return Placement.PLACED if row["placed"] else Placement.DUPLICATE
 
     async def apply(
         self,
@@ -338,11 +358,21 @@ class OrderStore:
 
 
 _CREATE_SQL = """
-WITH claim AS (
+WITH fresh AS (
+    -- The order was priced from this version of the shop and its items; if either changed
+    -- since, nothing is written and the caller prices again from a fresh read.
+    SELECT 1 FROM merchants
+     WHERE id = $9::uuid AND updated_at = $42::timestamptz
+       AND (SELECT count(*)
+              FROM menu_items mi
+              JOIN unnest($43::uuid[], $44::timestamptz[]) AS v(id, at)
+                ON mi.id = v.id AND mi.updated_at = v.at) = cardinality($43::uuid[])
+), claim AS (
     INSERT INTO idempotency_keys AS k (caller_id, operation, request_id, request_hash, status,
                                        response, resource_id, created_at, completed_at, expires_at)
-    VALUES ($1::uuid, $2, $3, $4, 'completed', $5, $6::uuid, $7::timestamptz, $7::timestamptz,
-            $7::timestamptz + make_interval(secs => $8::double precision))
+    SELECT $1::uuid, $2, $3, $4, 'completed', $5, $6::uuid, $7::timestamptz, $7::timestamptz,
+           $7::timestamptz + make_interval(secs => $8::double precision)
+      FROM fresh
     ON CONFLICT (caller_id, operation, request_id) DO UPDATE
        SET request_hash = EXCLUDED.request_hash, status = 'completed',
            response = EXCLUDED.response, resource_id = EXCLUDED.resource_id,
@@ -388,7 +418,7 @@ WITH claim AS (
       FROM ord, unnest($38::uuid[], $39::text[], $40::text[], $41::text[])
                 AS n(recipient, type, title, body)
 )
-SELECT count(*) FROM ord
+SELECT (SELECT count(*) FROM fresh) AS fresh, (SELECT count(*) FROM ord) AS placed
 """
 
 # Only these columns may be stamped; the statement text is built from this fixed set.

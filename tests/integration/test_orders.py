@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from delivery.common.v1 import common_pb2
-from delivery.order.v1 import merchant_pb2, order_pb2, order_service_pb2
+from delivery.order.v1 import merchant_pb2, merchant_service_pb2, order_pb2, order_service_pb2
 from mesh.geo import haversine_m
 from mesh.settings import StoreSettings
 from mesh.stores import Stores
@@ -77,10 +77,28 @@ async def test_prices_come_from_the_menu(market: Market, stores: Stores) -> None
     assert again.order.total == order.total
     assert again.order.items[0].unit_price == eur(900)
 
+    # The next order pays the new price, although the shop's menu was cached by the last one.
+    newer = await market.orders.CreateOrder(
+        market.order_request(shop, pizza, quantity=1, size="M", extras=()),
+        metadata=customer.metadata,
+    )
+    assert newer.order.subtotal == eur(5000)
+
+    # And a shop that closed takes no more orders, whatever the cache remembers.
+    await market.merchants.SetMerchantOpen(
+        merchant_service_pb2.SetMerchantOpenRequest(
+            request_id=uuid.uuid4().hex, merchant_id=shop.merchant_id, open=False
+        ),
+        metadata=owner.metadata,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await market.orders.CreateOrder(
+            market.order_request(shop, pizza), metadata=customer.metadata
+        )
+    assert details(caught.value)[0] == "MERCHANT_CLOSED"
+
 
 def _upsert(shop: merchant_pb2.Merchant, item: merchant_pb2.MenuItem):
-    from delivery.order.v1 import merchant_service_pb2
-
     return merchant_service_pb2.UpsertMenuItemRequest(
         request_id=uuid.uuid4().hex, merchant_id=shop.merchant_id, menu_item=item
     )
