@@ -375,7 +375,16 @@ async def main() -> None:
         await asyncpg_closed_loop(database_url, market, args.concurrency, 2.0)
 
         baseline = await asyncpg_closed_loop(database_url, market, args.concurrency, args.seconds)
+        counter = await asyncpg.connect(database_url)
+        before = await counter.fetchval("SELECT count(*) FROM orders")
         rate, errors = grpc_load(target, market, args.concurrency, args.seconds, args.clients)
+        # Every acknowledged order is in the database, with its outbox event.
+        written = await counter.fetchval("SELECT count(*) FROM orders") - before
+        events = await counter.fetchval(
+            "SELECT count(*) FROM outbox WHERE event_type = 'order.created'"
+        )
+        orders_total = await counter.fetchval("SELECT count(*) FROM orders")
+        await counter.close()
         latencies, open_errors, sent = await open_loop(target, market, args.open_rate, args.seconds)
     finally:
         process.terminate()
@@ -394,6 +403,10 @@ async def main() -> None:
         f"{args.clients} client processes)"
     )
     print(f"  ratio gRPC / asyncpg            {rate / baseline:8.2f}")
+    print(
+        f"  orders written by the gRPC run  {written:8d}   (rate x time: "
+        f"{rate * args.seconds:.0f}; every order has its event: {events == orders_total})"
+    )
     if latencies:
         print(
             f"  open loop at {args.open_rate:.0f}/s (sent {sent:.0f}/s): p50 "

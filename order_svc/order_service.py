@@ -149,7 +149,17 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         self, request: order_service_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.GetOrderResponse:
         principal = current_principal()
-        order = await self._load(request.order_id, principal)
+        order = await self._orders.get(_check_id(request.order_id, "order_id"))
+        visible = order is not None and (
+            party_of(order.ref, principal) is not Party.NONE
+            # A courier may read an order while it is offered to them, to decide.
+            or (
+                principal.role is Role.DRIVER
+                and await self._orders.offered_to(order.id, principal.subject)
+            )
+        )
+        if order is None or not visible:
+            raise NotFound(f"order {request.order_id} not found", reason="ORDER_NOT_FOUND")
         return order_service_pb2.GetOrderResponse(order=await self._view(order, principal))
 
     async def ListOrders(

@@ -96,6 +96,20 @@ class OrderStore:
         )
         return order_from_row(row) if row else None
 
+    async def offered_to(self, order_id: str, driver_id: str) -> bool:
+        """Whether ``order_id`` is on offer to ``driver_id`` right now."""
+        return bool(
+            await self._pool.fetchval(
+                """
+                SELECT EXISTS (SELECT 1 FROM driver_offers
+                                WHERE order_id = $1::uuid AND driver_id = $2::uuid
+                                  AND status = 'pending' AND expires_at > now())
+                """,
+                order_id,
+                driver_id,
+            )
+        )
+
     async def lines(self, order_id: str) -> list[PricedLine]:
         """The lines of an order, with their chosen options, in the order they were placed."""
         rows = await self._pool.fetch(

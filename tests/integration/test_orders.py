@@ -648,3 +648,64 @@ async def test_admins_list_stuck_orders_and_reassign(market: Market, stores: Sto
         metadata=admin.metadata,
     )
     assert cleared.order.driver_id == ""
+
+
+async def test_a_courier_reads_an_order_only_while_it_is_offered_or_theirs(
+    market: Market, stores: Stores
+) -> None:
+    owner = await market.sign_up(MERCHANT)
+    customer = await market.sign_up(CUSTOMER)
+    courier = await market.sign_up(DRIVER)
+    shop, pizza = await market.shop(owner)
+    order = (
+        await market.orders.CreateOrder(
+            market.order_request(shop, pizza), metadata=customer.metadata
+        )
+    ).order
+    request = order_service_pb2.GetOrderRequest(order_id=order.order_id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await market.orders.GetOrder(request, metadata=courier.metadata)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert stores.pool is not None
+    # Offers are matching's to make; the row is what it would write.
+    offer_id = await stores.pool.fetchval(
+        "INSERT INTO driver_offers (order_id, driver_id, expires_at)"
+        " VALUES ($1::uuid, $2::uuid, now() + interval '30 seconds') RETURNING id",
+        order.order_id,
+        courier.user_id,
+    )
+    seen = await market.orders.GetOrder(request, metadata=courier.metadata)
+    assert seen.order.order_id == order.order_id and seen.order.delivery_pin == ""
+    await stores.pool.execute("UPDATE driver_offers SET status = 'expired' WHERE id = $1", offer_id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await market.orders.GetOrder(request, metadata=courier.metadata)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_retention_runs_for_admins_only(market: Market, stores: Stores) -> None:
+    admin = await market.admin()
+    customer = await market.sign_up(CUSTOMER)
+    assert stores.pool is not None
+    await stores.pool.execute(
+        "INSERT INTO idempotency_keys (caller_id, operation, request_id, request_hash,"
+        " expires_at) VALUES ($1::uuid, 'test', 'old', 'x', now() - interval '1 hour')",
+        customer.user_id,
+    )
+    dry = await market.orders.RunRetention(
+        order_service_pb2.RunRetentionRequest(dry_run=True), metadata=admin.metadata
+    )
+    counts = {r.table_name: r.rows_deleted for r in dry.results}
+    assert counts["idempotency_keys"] >= 1
+    done = await market.orders.RunRetention(
+        order_service_pb2.RunRetentionRequest(), metadata=admin.metadata
+    )
+    assert {r.table_name: r.rows_deleted for r in done.results}["idempotency_keys"] >= 1
+    left = await stores.pool.fetchval(
+        "SELECT count(*) FROM idempotency_keys WHERE caller_id = $1::uuid", customer.user_id
+    )
+    assert left == 0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await market.orders.RunRetention(
+            order_service_pb2.RunRetentionRequest(), metadata=customer.metadata
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
