@@ -245,7 +245,7 @@ async def asyncpg_closed_loop(
     priced = PricedOrder((line,), "EUR", 2300, 259, 100, 2659, 1500.0)
     # The statement checks the menu versions the order was priced from, as the service does.
     merchant_at = await pool.fetchval(
-        "SELECT updated_at FROM merchants WHERE id = $1::uuid", market["merchant_id"]
+        "SELECT menu_version FROM merchants WHERE id = $1::uuid", market["merchant_id"]
     )
     item_at = await pool.fetchval(
         "SELECT updated_at FROM menu_items WHERE id = $1::uuid", market["item_id"]

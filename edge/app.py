@@ -163,6 +163,12 @@ class Edge:
         metadata = tuple(
             (key, request.headers[key]) for key in _FORWARDED if key in request.headers
         )
+        if request.headers.get("authorization", "").lower().startswith("bearer svc."):
+            # Service identities are for the mesh's insides; a browser never carries one.
+            await send(
+                _trailer(grpc.StatusCode.UNAUTHENTICATED, "service tokens are not accepted here")
+            )
+            return response
         timeout = _parse_timeout(request.headers.get("grpc-timeout"))
         path = f"/{service}/{method}"
         channel = self._channel(backend)

@@ -16,6 +16,8 @@ from mesh.errors import PermissionDenied, Unauthenticated
 #: The metadata key that carries ``Bearer <token>``.
 AUTHORIZATION = "authorization"
 _SERVICE_PREFIX = "svc."
+#: The services of the mesh; a service token for any other name is refused.
+SERVICES = frozenset({"order", "location", "matching", "tracking", "edge"})
 
 
 class Role(StrEnum):
@@ -44,6 +46,20 @@ class Principal:
     def is_service(self) -> bool:
         """Whether another service of the mesh is calling."""
         return self.role is Role.SERVICE
+
+    def require_service(self, *names: str, admin: bool = True) -> None:
+        """Raises PERMISSION_DENIED unless the caller is one of the services ``names``
+        (or, with ``admin``, an admin)."""
+        if self.role is Role.SERVICE and self.subject in names:
+            return
+        if admin and self.role is Role.ADMIN:
+            return
+        allowed = ", ".join(names)
+        raise PermissionDenied(
+            f"only the {allowed} service may call this",
+            reason="SERVICE_ONLY",
+            metadata={"allowed": allowed},
+        )
 
     def require(self, *roles: Role) -> None:
         """Raises PERMISSION_DENIED unless the caller has one of ``roles``."""
@@ -139,9 +155,10 @@ class SessionStore:
         if token.startswith(_SERVICE_PREFIX):
             _, _, rest = token.partition(".")
             service, _, _ = rest.partition(".")
-            expected = service_token(self._service_secret, service)
-            if service and hmac.compare_digest(expected, token):
-                return Principal(subject=service, role=Role.SERVICE)
+            if self._service_secret and service in SERVICES:
+                expected = service_token(self._service_secret, service)
+                if hmac.compare_digest(expected.encode(), token.encode()):
+                    return Principal(subject=service, role=Role.SERVICE)
             raise Unauthenticated("invalid service token", reason="INVALID_SERVICE_TOKEN")
         key = _session_key(token)
         value = await self._redis.get(key)

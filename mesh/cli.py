@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -81,6 +82,9 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
         }
     )
     env.pop(PREFIX + "LISTEN", None)
+    # The services authenticate each other with tokens derived from this; a fresh random
+    # secret per run unless the operator set one.
+    env.setdefault(PREFIX + "SERVICE_SECRET", secrets.token_hex(32))
     print(f"applying migrations to {database_url}", flush=True)
     await migrate(database_url)
 
@@ -114,6 +118,8 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
         )
         if ready not in done:
             ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
             if not stop.is_set():
                 dead = [waits[t].name for t in done if t in waits]
                 print(f"the mesh did not start: {', '.join(dead) or 'timed out'}", file=sys.stderr)

@@ -188,10 +188,12 @@ class StoreSettings:
 class AuthSettings:
     """Sessions for people and the shared identity of services."""
 
-    #: How long a session token lives without use, in seconds.
+    #: How long a session token lives after login, in seconds (an absolute lifetime).
     session_ttl_s: int = 7 * 24 * 3600
-    #: Secret from which service-to-service tokens are derived; set it in production.
-    service_secret: str = "dev-only-insecure-service-secret"
+    #: Secret from which service-to-service tokens are derived. Empty (the default) refuses
+    #: every service token: there is no well-known fallback anyone could mint tokens from.
+    #: ``delivery up`` generates a random one for the processes it starts.
+    service_secret: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AuthSettings:

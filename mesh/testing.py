@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -17,12 +18,16 @@ from mesh.server import READY_PREFIX, MeshServer
 from mesh.settings import ServerSettings, Settings, StoreSettings
 from mesh.stores import Stores
 
+#: The service secret of servers built by :func:`settings_for_test`.
+TEST_SERVICE_SECRET = secrets.token_hex(16)
+
 
 def settings_for_test(service: str, stores: StoreSettings, **server: Any) -> Settings:
     """Settings for a server under test: loopback, port 0, short grace."""
     base = Settings.from_env(service, env={})
     server_settings = replace(ServerSettings(listen="127.0.0.1:0", grace_s=2.0), **server)
-    return replace(base, server=server_settings, stores=stores)
+    auth = replace(base.auth, service_secret=TEST_SERVICE_SECRET)
+    return replace(base, server=server_settings, stores=stores, auth=auth)
 
 
 @contextlib.asynccontextmanager
@@ -47,7 +52,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def service_metadata(settings: Settings, service: str = "test") -> tuple[tuple[str, str], ...]:
+def service_metadata(settings: Settings, service: str = "matching") -> tuple[tuple[str, str], ...]:
     """Call metadata that authenticates as service ``service``."""
     return bearer(service_token(settings.auth.service_secret, service))
 

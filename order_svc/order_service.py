@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from delivery.order.v1 import order_pb2, order_service_pb2, order_service_pb2_gr
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import (
     Aborted,
+    AlreadyExists,
     DomainError,
     FailedPrecondition,
     FieldViolation,
@@ -69,6 +71,7 @@ from order_svc.store.orders import (
     OrderStore,
     Placement,
     PriceVersion,
+    RequestKey,
 )
 
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/heic"})
@@ -97,11 +100,42 @@ def _now() -> datetime:
 
 
 def _check_id(value: str, field: str) -> str:
+    # Only the canonical form: uuid.UUID also takes braces and urn: prefixes PostgreSQL refuses.
     try:
-        uuid.UUID(value)
+        canonical = str(uuid.UUID(value))
     except ValueError:
-        raise InvalidArgument(FieldViolation(field, "must be an id this API issued")) from None
-    return value
+        canonical = ""
+    if canonical != value.lower() or len(value) != 36:
+        raise InvalidArgument(FieldViolation(field, "must be an id this API issued"))
+    return canonical
+
+
+def _cursor_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(
+            FieldViolation("page_token", "is not a token this API issued")
+        ) from None
+
+
+_NUMERIC_ID = re.compile(r"[0-9]{1,18}")
+
+
+def _enum_field(enum: Any, value: int, field: str) -> None:
+    if value == 0 or value not in enum.values():
+        raise InvalidArgument(FieldViolation(field, "must be set to a known value"))
+
+
+def _caller_uuid(principal: Principal) -> str:
+    """A uuid for any caller: users have one, services get a fixed one from their name."""
+    if principal.is_service:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"delivery-service:{principal.subject}"))
+    return principal.subject
+
+
+def _request_hash(request: Any) -> bytes:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
 
 def _page_size(requested: int) -> int:
@@ -175,7 +209,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         cursor = decode_token(request.page_token, 2)
         before = None
         if cursor:
-            before = (datetime.fromisoformat(cursor[0]), _check_id(cursor[1], "page_token"))
+            before = (_cursor_time(cursor[0]), _check_id(cursor[1], "page_token"))
         column = {
             Role.CUSTOMER: "customer_id",
             Role.MERCHANT: "merchant_owner",
@@ -240,6 +274,10 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 )
             except DomainError:
                 if fresh:
+                    # A retry of an order placed before the shop changed gets that order.
+                    key = RequestKey(principal.subject, CREATE_ORDER, wanted.request_id, b"")
+                    if await self._orders.seen(key) is not None:
+                        return await self._replay_order(principal, wanted.request_id, request_hash)
                     raise
                 continue
             if outcome is Placement.PLACED:
@@ -250,7 +288,12 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             raise Aborted(
                 "the menu changed while the order was placed; retry", reason="MENU_CHANGED"
             )
-        replay = await self._orders.replay(principal.subject, CREATE_ORDER, wanted.request_id)
+        return await self._replay_order(principal, wanted.request_id, request_hash)
+
+    async def _replay_order(
+        self, principal: Principal, request_id: str, request_hash: bytes
+    ) -> order_service_pb2.CreateOrderResponse:
+        replay = await self._orders.replay(principal.subject, CREATE_ORDER, request_id)
         if not hmac.compare_digest(replay.request_hash, request_hash):
             raise InvalidArgument(
                 FieldViolation("request_id", "was already used for a different order"),
@@ -330,7 +373,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             notifications=_drafts(drafts_for("placed", order)),
             key_ttl_s=self._policy.idempotency_ttl_s,
             priced_from=PriceVersion(
-                merchant.updated_at,
+                merchant.menu_version,
                 tuple((i.id, i.updated_at) for i in menu.values() if i.updated_at is not None),
             ),
         )
@@ -340,7 +383,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
 
     async def _transition(
         self,
-        order_id: str,
+        request: Any,
         action: Action,
         *,
         expected_version: int = 0,
@@ -351,12 +394,35 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         proof: tuple[str, bytes | None, str | None, float | None, float | None, datetime | None]
         | None = None,
         check: object = None,
+        already_done: Any = None,
     ) -> tuple[Order, Principal]:
         principal = current_principal()
-        order = await self._load(order_id, principal)
-        change = plan(
-            order.ref, action, principal, expected_version=expected_version, driver_id=driver_id
-        )
+        order = await self._load(request.order_id, principal)
+        key = None
+        if request.request_id:
+            key = RequestKey(
+                _caller_uuid(principal),
+                f"order.{action.value}",
+                request.request_id,
+                _request_hash(request),
+            )
+            if await self._replayed(key, order):
+                return order, principal
+        if callable(already_done) and already_done(order):
+            return order, principal
+        try:
+            change = plan(
+                order.ref,
+                action,
+                principal,
+                expected_version=expected_version,
+                driver_id=driver_id,
+            )
+        except DomainError:
+            # A retry of a call that already succeeded finds the order moved on: answer it.
+            if key is not None and await self._replayed(key, order):
+                return await self._load(order.id, principal), principal
+            raise
         if callable(check):
             await check(order)
         now = _now()
@@ -402,6 +468,14 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             after = dataclasses.replace(after, **stamp_now)
         if estimated_prep_seconds:
             after = dataclasses.replace(after, estimated_prep_seconds=estimated_prep_seconds)
+        courier_change = action in (Action.ASSIGN_COURIER, Action.REASSIGN_COURIER)
+        # A reassignment to a new courier is announced as an assignment (with the previous
+        # courier named); one that leaves the order without a courier as an unassignment.
+        announced = (
+            Action.ASSIGN_COURIER
+            if action is Action.REASSIGN_COURIER and change.driver_id
+            else action
+        )
         version = await self._orders.apply(
             order.id,
             change,
@@ -409,21 +483,41 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             actor_role=_actor_role(principal),
             now=now,
             event=Event(
-                f"order.{action.value}",
+                f"order.{announced.value}",
                 order_event(
-                    action, after, uuid.uuid4().hex, now, previous_driver_id=order.driver_id
+                    announced,
+                    after,
+                    uuid.uuid4().hex,
+                    now,
+                    previous_driver_id=order.driver_id if courier_change else None,
                 ),
             ),
-            notifications=_drafts(drafts_for(action, after, order.driver_id)),
+            notifications=_drafts(drafts_for(announced, after, order.driver_id)),
             reason=reason,
             cancel=cancel,
             estimated_prep_seconds=estimated_prep_seconds,
             proof=proof,
+            key=key,
         )
         if version is None:
+            if key is not None and await self._replayed(key, order):
+                return await self._load(order.id, principal), principal
             current = await self._orders.get(order.id)
             raise _lost_race(order, current, action)
         return after, principal
+
+    async def _replayed(self, key: RequestKey, order: Order) -> bool:
+        """Whether ``key`` already did its work on ``order``; refuses a reused key."""
+        seen = await self._orders.seen(key)
+        if seen is None:
+            return False
+        request_hash, resource_id = seen
+        if resource_id != order.id or not hmac.compare_digest(request_hash, key.request_hash):
+            raise InvalidArgument(
+                FieldViolation("request_id", "was already used for a different request"),
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
+        return True
 
     async def _respond(self, order: Order, principal: Principal) -> order_pb2.Order:
         return await self._view(order, principal)
@@ -433,13 +527,13 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     ) -> order_service_pb2.ConfirmOrderResponse:
         prep = None
         if request.HasField("estimated_prep_duration"):
-            prep = int(request.estimated_prep_duration.ToTimedelta().total_seconds())
+            prep = request.estimated_prep_duration.seconds
             if not 60 <= prep <= 3 * 3600:
                 raise InvalidArgument(
                     FieldViolation("estimated_prep_duration", "must be 1 minute to 3 hours")
                 )
         order, who = await self._transition(
-            request.order_id,
+            request,
             Action.CONFIRM,
             expected_version=request.expected_version,
             estimated_prep_seconds=prep,
@@ -451,7 +545,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     ) -> order_service_pb2.RejectOrderResponse:
         reason = _cancel_reason(request.reason)
         order, who = await self._transition(
-            request.order_id,
+            request,
             Action.REJECT,
             expected_version=request.expected_version,
             cancel_reason=reason,
@@ -463,7 +557,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         self, request: order_service_pb2.StartPreparingRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.StartPreparingResponse:
         order, who = await self._transition(
-            request.order_id, Action.START_PREPARING, expected_version=request.expected_version
+            request, Action.START_PREPARING, expected_version=request.expected_version
         )
         return order_service_pb2.StartPreparingResponse(order=await self._respond(order, who))
 
@@ -471,19 +565,22 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         self, request: order_service_pb2.MarkOrderReadyRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.MarkOrderReadyResponse:
         order, who = await self._transition(
-            request.order_id, Action.MARK_READY, expected_version=request.expected_version
+            request, Action.MARK_READY, expected_version=request.expected_version
         )
         return order_service_pb2.MarkOrderReadyResponse(order=await self._respond(order, who))
 
     async def AssignCourier(
         self, request: order_service_pb2.AssignCourierRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.AssignCourierResponse:
+        current_principal().require_service("matching")
         driver_id = _check_id(request.driver_id, "driver_id")
         try:
             order, who = await self._transition(
-                request.order_id,
+                request,
                 Action.ASSIGN_COURIER,
                 driver_id=driver_id,
+                # The same courier again (a retried accept) changes nothing.
+                already_done=lambda order: order.driver_id == driver_id,
                 reason=f"offer {request.offer_id}" if request.offer_id else None,
             )
         except asyncpg.ForeignKeyViolationError:
@@ -494,7 +591,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         self, request: order_service_pb2.PickUpOrderRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.PickUpOrderResponse:
         order, who = await self._transition(
-            request.order_id, Action.PICK_UP, expected_version=request.expected_version
+            request, Action.PICK_UP, expected_version=request.expected_version
         )
         return order_service_pb2.PickUpOrderResponse(order=await self._respond(order, who))
 
@@ -528,7 +625,14 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                     v, "proof_of_delivery.location", pod.location.latitude, pod.location.longitude
                 )
             v.raise_if_any()
-            captured = pod.capture_time.ToDatetime(UTC) if pod.HasField("capture_time") else None
+            captured = None
+            if pod.HasField("capture_time"):
+                # Timestamp's own range (years 1-9999), checked before conversion.
+                if not 0 <= pod.capture_time.seconds <= 253402300799:
+                    raise InvalidArgument(
+                        FieldViolation("proof_of_delivery.capture_time", "is out of range")
+                    )
+                captured = pod.capture_time.ToDatetime(UTC)
             proof_row = (
                 "photo",
                 pod.photo,
@@ -552,7 +656,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 )
 
         order, who = await self._transition(
-            request.order_id,
+            request,
             Action.DELIVER,
             expected_version=request.expected_version,
             proof=proof_row,
@@ -561,17 +665,20 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         return order_service_pb2.CompleteDeliveryResponse(order=await self._respond(order, who))
 
     async def _check_pin(self, order: Order, pin: str) -> None:
-        # Four digits are guessable; count failures per order and stop after a few.
+        # Four digits are guessable: every attempt is counted first, atomically, and
+        # attempts beyond the limit are refused without even comparing.
         key = f"pin-attempts:{order.id}"
-        failures = int(await self._redis.get(key) or 0)
-        if failures >= self._policy.max_pin_attempts:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, 24 * 3600)
+        attempts, _ = await pipe.execute()
+        if int(attempts) > self._policy.max_pin_attempts:
             raise ResourceExhausted(
-                "too many wrong PINs: deliver with a photo or contact support",
+                "too many PIN attempts for this order: deliver with a photo where the shop"
+                " allows it, or ask support to complete the delivery",
                 reason="PIN_ATTEMPTS_EXCEEDED",
             )
         if not hmac.compare_digest(pin.encode(), order.delivery_pin.encode()):
-            await self._redis.incr(key)
-            await self._redis.expire(key, 24 * 3600)
             raise FailedPrecondition("the PIN does not match", reason="PIN_MISMATCH")
 
     async def CancelOrder(
@@ -579,7 +686,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     ) -> order_service_pb2.CancelOrderResponse:
         reason = _cancel_reason(request.reason)
         order, who = await self._transition(
-            request.order_id,
+            request,
             Action.CANCEL,
             expected_version=request.expected_version,
             cancel_reason=reason,
@@ -593,13 +700,15 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         self, request: order_service_pb2.ReportProblemRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.ReportProblemResponse:
         principal = current_principal()
+        _enum_field(order_pb2.ProblemReason, request.reason, "reason")
         v = Validator()
-        v.check(request.reason != 0, "reason", "must be set")
         v.check(len(request.description) <= 2000, "description", "must be at most 2000 characters")
         v.raise_if_any()
         order = await self._load(request.order_id, principal)
         now = _now()
         reason = enum_name(order_pb2.ProblemReason, request.reason, "PROBLEM_REASON_")
+        request_hash = _request_hash(request)
+        caller = _caller_uuid(principal)
         report = await self._feedback.report_problem(
             order_id=order.id,
             reporter_id=None if principal.is_service else principal.subject,
@@ -608,7 +717,16 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             description=request.description,
             event_type="order.problem_reported",
             payload=order_event("problem", order, uuid.uuid4().hex, now),
+            key=(caller, request.request_id, request_hash) if request.request_id else None,
         )
+        if report is None:
+            # A retry: answer with the report the first call appended.
+            first_hash, report = await self._feedback.problem_for_key(caller, request.request_id)
+            if not hmac.compare_digest(first_hash, request_hash):
+                raise InvalidArgument(
+                    FieldViolation("request_id", "was already used for a different report"),
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                )
         return order_service_pb2.ReportProblemResponse(report=problem_to_proto(report))
 
     async def RateOrder(
@@ -617,7 +735,11 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         principal = current_principal()
         v = Validator()
         v.check(1 <= request.score <= 5, "score", "must be 1 to 5")
-        v.check(request.target != 0, "target", "must be set")
+        v.check(
+            request.target in order_pb2.RatingTarget.values() and request.target != 0,
+            "target",
+            "must be set to a known value",
+        )
         v.check(len(request.comment) <= 1000, "comment", "must be at most 1000 characters")
         v.raise_if_any()
         order = await self._load(request.order_id, principal)
@@ -637,15 +759,27 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         }[target]
         if target_id is None:
             raise FailedPrecondition(f"the order's {target} is gone", reason="TARGET_GONE")
-        rating = await self._feedback.rate(
-            order_id=order.id,
-            rater_id=principal.subject,
-            rater_role=principal.role.value,
-            target=target,
-            target_id=target_id,
-            score=request.score,
-            comment=request.comment,
-        )
+        try:
+            rating = await self._feedback.rate(
+                order_id=order.id,
+                rater_id=principal.subject,
+                rater_role=principal.role.value,
+                target=target,
+                target_id=target_id,
+                score=request.score,
+                comment=request.comment,
+            )
+        except AlreadyExists:
+            # The same rating sent again (a retry) is answered; a different one is refused.
+            earlier = await self._feedback.rating_of(order.id, target)
+            same = earlier is not None and (
+                earlier.rater_id,
+                earlier.score,
+                earlier.comment,
+            ) == (principal.subject, request.score, request.comment)
+            if not same or earlier is None:
+                raise
+            rating = earlier
         return order_service_pb2.RateOrderResponse(rating=rating_to_proto(rating))
 
     async def ListNotifications(
@@ -654,11 +788,12 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> order_service_pb2.ListNotificationsResponse:
         principal = current_principal()
+        principal.require(Role.CUSTOMER, Role.DRIVER, Role.MERCHANT, Role.ADMIN)
         limit = _page_size(request.page_size)
         cursor = decode_token(request.page_token, 1)
         before = None
         if cursor:
-            if not cursor[0].isdigit():
+            if not _NUMERIC_ID.fullmatch(cursor[0]):
                 raise InvalidArgument(
                     FieldViolation("page_token", "is not a token this API issued")
                 )
@@ -678,9 +813,12 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> order_service_pb2.MarkNotificationsReadResponse:
         principal = current_principal()
+        principal.require(Role.CUSTOMER, Role.DRIVER, Role.MERCHANT, Role.ADMIN)
         ids = None
         if request.notification_ids:
-            bad = [i for i, n in enumerate(request.notification_ids) if not n.isdigit()]
+            bad = [
+                i for i, n in enumerate(request.notification_ids) if not _NUMERIC_ID.fullmatch(n)
+            ]
             if bad:
                 raise InvalidArgument(
                     [
@@ -701,18 +839,15 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     ) -> order_service_pb2.ListStuckOrdersResponse:
         principal = current_principal()
         principal.require(Role.ADMIN, Role.SERVICE)
-        stuck_for = (
-            request.stuck_duration.ToTimedelta()
-            if request.HasField("stuck_duration")
-            else timedelta(minutes=30)
-        )
-        if stuck_for <= timedelta(0):
-            raise InvalidArgument(FieldViolation("stuck_duration", "must be positive"))
+        stuck_s = request.stuck_duration.seconds if request.HasField("stuck_duration") else 1800
+        if not 0 < stuck_s <= 365 * 86400:
+            raise InvalidArgument(FieldViolation("stuck_duration", "must be 1 s to 365 days"))
+        stuck_for = timedelta(seconds=stuck_s)
         limit = _page_size(request.page_size)
         cursor = decode_token(request.page_token, 2)
         after = None
         if cursor:
-            after = (datetime.fromisoformat(cursor[0]), _check_id(cursor[1], "page_token"))
+            after = (_cursor_time(cursor[0]), _check_id(cursor[1], "page_token"))
         now = _now()
         orders = await self._orders.stuck(older_than=now - stuck_for, limit=limit + 1, after=after)
         page, more = orders[:limit], len(orders) > limit
@@ -736,7 +871,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         )
         try:
             order, who = await self._transition(
-                request.order_id,
+                request,
                 Action.REASSIGN_COURIER,
                 driver_id=new_driver,
                 reason=request.reason or None,

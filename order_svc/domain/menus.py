@@ -35,6 +35,8 @@ class Merchant:
     rating_count: int
     created_at: datetime
     updated_at: datetime
+    #: Bumped whenever something that prices or admits an order changes (not by ratings).
+    menu_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ MAX_QUANTITY = 50
 MAX_TIP_MINOR = 100_000
 MAX_ADDRESS = 500
 MAX_NOTE = 1000
+MAX_LINE_NOTE = 500
 MAX_REQUEST_ID = 128
 
 
@@ -135,7 +136,11 @@ def validate_order_input(order: OrderInput) -> None:
             f"items[{i}].options",
             "must not choose the same option twice",
         )
-        v.check(len(line.note) <= MAX_NOTE, f"items[{i}].note", "is too long")
+        v.check(
+            len(line.note) <= MAX_LINE_NOTE,
+            f"items[{i}].note",
+            f"must be at most {MAX_LINE_NOTE} characters",
+        )
     v.check(
         0 < len(order.delivery_address.strip()) <= MAX_ADDRESS,
         "delivery_address",

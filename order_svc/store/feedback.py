@@ -72,14 +72,27 @@ class FeedbackStore:
         description: str,
         event_type: str,
         payload: bytes,
-    ) -> ProblemReport:
-        """Appends a report and its outbox event in one statement."""
+        key: tuple[str, str, bytes] | None = None,
+    ) -> ProblemReport | None:
+        """Appends a report and its outbox event in one statement.
+
+        With ``key`` (caller uuid, request id, request hash) a retry appends nothing and
+        returns ``None``; the caller then reads the first report with :meth:`problem_for_key`.
+        """
         row = await self._pool.fetchrow(
             """
-            WITH report AS (
-                INSERT INTO problem_reports (order_id, reporter_id, reporter_role, reason,
+            WITH report_id AS (SELECT gen_random_uuid() AS id), claim AS (
+                INSERT INTO idempotency_keys (caller_id, operation, request_id, request_hash,
+                                              status, response, resource_id, completed_at)
+                SELECT $8::uuid, 'report_problem', $9, $10, 'completed', ''::bytea, id, now()
+                  FROM report_id WHERE $9::text <> ''
+                ON CONFLICT (caller_id, operation, request_id) DO NOTHING
+                RETURNING 1
+            ), report AS (
+                INSERT INTO problem_reports (id, order_id, reporter_id, reporter_role, reason,
                                              description)
-                VALUES ($1::uuid, $2::uuid, $3, $4, $5)
+                SELECT id, $1::uuid, $2::uuid, $3, $4, $5 FROM report_id
+                 WHERE $9::text = '' OR EXISTS (SELECT 1 FROM claim)
                 RETURNING id::text AS id, order_id::text AS order_id,
                           reporter_id::text AS reporter_id, reporter_role, reason, description,
                           created_at
@@ -96,9 +109,43 @@ class FeedbackStore:
             description,
             event_type,
             payload,
+            key[0] if key else None,
+            key[1] if key else "",
+            key[2] if key else b"",
         )
-        assert row is not None
-        return ProblemReport(**dict(row))
+        return ProblemReport(**dict(row)) if row else None
+
+    async def problem_for_key(self, caller_id: str, request_id: str) -> tuple[bytes, ProblemReport]:
+        """The request hash and the report a remembered ReportProblem request id made."""
+        row = await self._pool.fetchrow(
+            """
+            SELECT k.request_hash, p.id::text AS id, p.order_id::text AS order_id,
+                   p.reporter_id::text AS reporter_id, p.reporter_role, p.reason,
+                   p.description, p.created_at
+              FROM idempotency_keys k JOIN problem_reports p ON p.id = k.resource_id
+             WHERE k.caller_id = $1::uuid AND k.operation = 'report_problem'
+               AND k.request_id = $2
+            """,
+            caller_id,
+            request_id,
+        )
+        assert row is not None, "a lost claim has a winner"
+        fields = dict(row)
+        return bytes(fields.pop("request_hash")), ProblemReport(**fields)
+
+    async def rating_of(self, order_id: str, target: str) -> Rating | None:
+        """The rating already given to ``target`` for ``order_id``, if any."""
+        row = await self._pool.fetchrow(
+            """
+            SELECT id::text AS id, order_id::text AS order_id, rater_id::text AS rater_id,
+                   rater_role, target, target_id::text AS target_id, score,
+                   coalesce(comment, '') AS comment, created_at
+              FROM ratings WHERE order_id = $1::uuid AND target = $2
+            """,
+            order_id,
+            target,
+        )
+        return Rating(**dict(row)) if row else None
 
     async def rate(
         self,

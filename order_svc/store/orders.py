@@ -65,9 +65,19 @@ class Placement(Enum):
 class PriceVersion:
     """The versions of the merchant and items an order was priced from."""
 
-    merchant_updated_at: datetime
+    merchant_version: int
     #: ``(menu_item_id, updated_at)`` of every item the order names.
     items: tuple[tuple[str, datetime], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """A caller's request id for one operation (AIP-155), with the hash of the request."""
+
+    caller_id: str
+    operation: str
+    request_id: str
+    request_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +159,20 @@ class OrderStore:
             )
             for row, options in lines.values()
         ]
+
+    async def seen(self, key: RequestKey) -> tuple[bytes, str | None] | None:
+        """The request hash and resource id stored under ``key``, if it is remembered."""
+        row = await self._pool.fetchrow(
+            """
+            SELECT request_hash, resource_id::text AS resource_id FROM idempotency_keys
+             WHERE caller_id = $1::uuid AND operation = $2 AND request_id = $3
+               AND expires_at > now()
+            """,
+            key.caller_id,
+            key.operation,
+            key.request_id,
+        )
+        return (bytes(row["request_hash"]), row["resource_id"]) if row else None
 
     async def replay(self, caller_id: str, operation: str, request_id: str) -> IdempotentReplay:
         """The stored outcome of a request id whose claim lost to an earlier one."""
@@ -256,7 +280,7 @@ class OrderStore:
             [n.type for n in notifications],
             [n.title for n in notifications],
             [n.body for n in notifications],
-            priced_from.merchant_updated_at,
+            priced_from.merchant_version,
             [item_id for item_id, _ in priced_from.items],
             [at for _, at in priced_from.items],
         )
@@ -280,6 +304,7 @@ class OrderStore:
         estimated_prep_seconds: int | None = None,
         proof: tuple[str, bytes | None, str | None, float | None, float | None, datetime | None]
         | None = None,
+        key: RequestKey | None = None,
     ) -> int | None:
         """Applies ``transition`` if the order is still where it was planned from.
 
@@ -308,6 +333,10 @@ class OrderStore:
             [n.type for n in notifications],
             [n.title for n in notifications],
             [n.body for n in notifications],
+            key.caller_id if key else None,
+            key.operation if key else "",
+            key.request_id if key else "",
+            key.request_hash if key else b"",
         ]
         if proof is not None:
             args.extend(proof)
@@ -376,7 +405,7 @@ WITH fresh AS (
     -- The order was priced from this version of the shop and its items; if either changed
     -- since, nothing is written and the caller prices again from a fresh read.
     SELECT 1 FROM merchants
-     WHERE id = $9::uuid AND updated_at = $42::timestamptz
+     WHERE id = $9::uuid AND menu_version = $42::bigint
        AND (SELECT count(*)
               FROM menu_items mi
               JOIN unnest($43::uuid[], $44::timestamptz[]) AS v(id, at)
@@ -460,7 +489,7 @@ def _transition_sql(stamp: str | None, with_proof: bool) -> str:
         """, proof AS (
     INSERT INTO delivery_proofs (order_id, kind, photo, content_type, lat, lng, captured_at,
                                  created_at)
-    SELECT id, $21, $22, $23, $24, $25, $26, $6::timestamptz FROM upd
+    SELECT id, $25, $26, $27, $28, $29, $30, $6::timestamptz FROM upd
 )"""
         if with_proof
         else ""
@@ -489,6 +518,14 @@ WITH upd AS (
     SELECT n.recipient, upd.id, n.type, n.title, n.body, $6::timestamptz
       FROM upd, unnest($17::uuid[], $18::text[], $19::text[], $20::text[])
                 AS n(recipient, type, title, body)
+), claim AS (
+    -- The caller's request id, so a retry of this very call is answered, not refused.
+    INSERT INTO idempotency_keys (caller_id, operation, request_id, request_hash, status,
+                                  response, resource_id, created_at, completed_at, expires_at)
+    SELECT $21::uuid, $22, $23, $24, 'completed', ''::bytea, id, $6::timestamptz,
+           $6::timestamptz, $6::timestamptz + interval '24 hours'
+      FROM upd WHERE $23::text <> ''
+    ON CONFLICT (caller_id, operation, request_id) DO NOTHING
 ){proof}
 SELECT version FROM upd
 """

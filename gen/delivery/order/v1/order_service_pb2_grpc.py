@@ -141,10 +141,10 @@ class OrderServiceServicer:
 
     def CreateOrder(self, request, context):
         """Places an order with a merchant, priced from its current menu. Callable
-        by customers. Returns INVALID_ARGUMENT for an empty order, unknown or
-        unavailable items or options, option choices that break a group's
-        min_select or max_select, or a tip in another currency; FAILED_PRECONDITION
-        if the merchant is closed or the delivery location is outside its radius;
+        by customers. Returns INVALID_ARGUMENT for an empty order, unknown items or
+        options, option choices that break a group's min_select or max_select, or a
+        tip in another currency; FAILED_PRECONDITION if the merchant is closed, the
+        delivery location is outside its radius or an item is unavailable right now;
         NOT_FOUND if the merchant does not exist; and PERMISSION_DENIED for other
         roles.
         """
@@ -204,9 +204,10 @@ class OrderServiceServicer:
 
     def AssignCourier(self, request, context):
         """Assigns the courier who accepted an offer. Callable only with the matching
-        service's identity. Repeating the same assignment succeeds; returns
-        FAILED_PRECONDITION if the order is final or already picked up, and
-        ABORTED if another courier is already assigned.
+        service's identity (and by admins). Repeating the same assignment succeeds
+        and changes nothing; returns FAILED_PRECONDITION if the order is not
+        CONFIRMED, PREPARING or READY_FOR_PICKUP, or (reason
+        COURIER_ALREADY_ASSIGNED) if another courier is already assigned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,8 +288,8 @@ class OrderServiceServicer:
     def ReassignOrder(self, request, context):
         """Takes an order away from its courier and gives it to another courier or
         back to dispatch. Admin only. Returns FAILED_PRECONDITION if the order is
-        final or already picked up, and NOT_FOUND if the new courier does not
-        exist.
+        final or already picked up, and INVALID_ARGUMENT if new_driver_id is not a
+        courier.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
