@@ -2,23 +2,71 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from delivery.location.v1 import location_service_pb2, location_service_pb2_grpc
+from location_svc.ingest import Ingest
+from location_svc.service import LocationPolicy, LocationService
+from location_svc.store.drivers import DriverStore
+from location_svc.store.geo_index import GeoIndex
+from location_svc.store.history import HistoryWriter
 from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
 from mesh.settings import Settings
 from mesh.stores import Stores
 
+logger = logging.getLogger(__name__)
+
 SERVICE_NAME = location_service_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name
 
 
-async def build_server(settings: Settings, stores: Stores) -> MeshServer:
-    """Binds location_svc on ``settings.server.listen``; the handlers land with the location issue,
-    until then the generated base class answers every RPC with UNIMPLEMENTED."""
+class Sweeper:
+    """Takes silent drivers out of the index every ``interval_s`` (presence is a TTL)."""
+
+    def __init__(self, index: GeoIndex, interval_s: float = 1.0) -> None:
+        self._index = index
+        self._interval_s = interval_s
+        self._stopping = asyncio.Event()
+        #: Drivers removed so far.
+        self.removed = 0
+
+    async def run(self) -> None:
+        """Sweeps until :meth:`stop`."""
+        while not self._stopping.is_set():
+            try:
+                self.removed += await self._index.sweep()
+            except Exception as exc:
+                logger.warning("presence sweep failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to return."""
+        self._stopping.set()
+
+
+async def build_server(
+    settings: Settings, stores: Stores, *, policy: LocationPolicy | None = None
+) -> MeshServer:
+    """Binds location_svc with its batcher, history writer and presence sweeper as workers."""
+    assert stores.pool is not None and stores.redis is not None
+    policy = policy or LocationPolicy()
+    index = GeoIndex(stores.redis, presence_ttl_s=policy.presence_ttl_s)
+    drivers = DriverStore(stores.redis, stores.pool)
+    history = HistoryWriter(stores.pool)
+    ingest = Ingest(stores.redis, index, drivers, history)
+    service = LocationService(stores.redis, drivers, index, ingest, history, policy)
     binding = ServiceBinding(
-        SERVICE_NAME,
-        location_service_pb2_grpc.LocationServiceServicer(),
-        location_service_pb2_grpc.add_LocationServiceServicer_to_server,
+        SERVICE_NAME, service, location_service_pb2_grpc.add_LocationServiceServicer_to_server
     )
-    return build_mesh_server(settings, stores, [binding])
+    server = build_mesh_server(settings, stores, [binding])
+    sweeper = Sweeper(index)
+    # Stop order matters: the batcher flushes its last fixes into history before history stops.
+    server.add_worker(ingest.run, ingest.stop)
+    server.add_worker(history.run, history.stop)
+    server.add_worker(sweeper.run, sweeper.stop)
+    return server
 
 
 async def main() -> None:

@@ -1,0 +1,210 @@
+"""Coalesces believed fixes from every stream into one Redis pipeline per short tick.
+
+A round trip per fix would cap ingest at a few thousand fixes per second; one pipeline per
+tick (a few milliseconds) carries hundreds. Each stream is told when its fixes are in Redis,
+so acks mean "visible to dispatch", and a stream that sent several fixes within one tick gets
+one ack for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from location_svc.domain.fixes import Fix
+from location_svc.domain.presence import DriverStatus
+from location_svc.store.drivers import DriverStore
+from location_svc.store.geo_index import GeoIndex, IndexEntry
+from location_svc.store.history import HistoryWriter
+
+logger = logging.getLogger(__name__)
+
+#: The pub/sub channel a driver's live positions go to.
+POSITION_CHANNEL = "pos:{}"
+#: Sorted set of watched drivers (score: when the watch lapses, in ms).
+WATCHED_KEY = "loc:watched"
+
+
+class AckSink:
+    """What a stream needs to hear from the batcher: its fixes are stored."""
+
+    __slots__ = ("acked_sequence", "event", "flushed", "pending")
+
+    def __init__(self) -> None:
+        self.acked_sequence = 0
+        self.pending = 0
+        self.flushed = 0
+        self.event = asyncio.Event()
+
+    def done(self, sequence: int) -> None:
+        """Marks one submitted fix stored."""
+        self.pending -= 1
+        self.flushed += 1
+        if sequence > self.acked_sequence:
+            self.acked_sequence = sequence
+        self.event.set()
+
+
+@dataclass(slots=True)
+class Update:
+    """A believed live fix to store: driver hash, index (if available), watchers, history."""
+
+    driver_id: str
+    fix: Fix
+    status: DriverStatus
+    vehicle: str
+    #: The shard the driver was indexed under before this fix ("" if none).
+    previous_shard: str
+    #: The shard this fix files the driver under ("" when not available: not indexed).
+    shard: str
+    received_ms: int
+    sink: AckSink | None = None
+
+
+@dataclass
+class IngestStats:
+    """Counters for operators and benches."""
+
+    fixes: int = 0
+    ticks: int = 0
+    errors: int = 0
+    published: int = 0
+    max_batch: int = 0
+
+
+@dataclass
+class Ingest:
+    """The batcher; one per process, run as a worker beside the gRPC server."""
+
+    redis: Redis
+    index: GeoIndex
+    drivers: DriverStore
+    history: HistoryWriter
+    #: Seconds fixes wait for company before a pipeline goes out.
+    tick_s: float = 0.004
+    #: Called with every stored live update (arrival detection hooks in here).
+    on_stored: Callable[[list[Update]], Awaitable[None]] | None = None
+    stats: IngestStats = field(default_factory=IngestStats)
+    _pending: list[Update] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+    _watched: frozenset[str] = frozenset()
+    _tick_done: asyncio.Future[None] | None = None
+
+    def submit(self, update: Update) -> asyncio.Future[None]:
+        """Queues ``update`` for the next tick; the returned future resolves once it is stored."""
+        self._pending.append(update)
+        if update.sink is not None:
+            update.sink.pending += 1
+        if self._tick_done is None:
+            self._tick_done = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        return self._tick_done
+
+    async def run(self) -> None:
+        """Flushes a pipeline per tick until :meth:`stop`; refreshes the watched set each second."""
+        refresh_at = 0.0
+        while not self._stopping or self._pending:
+            await self._wake.wait()
+            # Let the fixes of this tick gather: the first one waits at most tick_s.
+            await asyncio.sleep(self.tick_s)
+            self._wake.clear()
+            if time.monotonic() >= refresh_at:
+                await self._refresh_watched()
+                refresh_at = time.monotonic() + 1.0
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Writes everything queued in one pipeline and wakes the streams waiting on it."""
+        batch, self._pending = self._pending, []
+        done, self._tick_done = self._tick_done, None
+        if not batch:
+            if done is not None and not done.done():
+                done.set_result(None)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        stored: list[Update] = []
+        watched = self._watched
+        for update in batch:
+            fix = update.fix
+            packed = self.drivers.queue_position(
+                pipe, update.driver_id, fix, update.shard, update.received_ms
+            )
+            if update.shard:
+                self.index.queue_upsert(
+                    pipe,
+                    IndexEntry(
+                        update.driver_id, fix.lat, fix.lng, update.vehicle, fix.device_time_ms
+                    ),
+                    update.previous_shard or None,
+                )
+            elif update.previous_shard:
+                # Busy or offline drivers are not dispatchable: out of the index at once.
+                self.index.queue_remove(pipe, update.driver_id, update.previous_shard)
+            if update.driver_id in watched:
+                pipe.publish(POSITION_CHANNEL.format(update.driver_id), packed)
+                self.stats.published += 1
+            stored.append(update)
+        try:
+            await pipe.execute()
+        except Exception as exc:
+            # Redis is down or failing: the fixes are not stored, so nobody is acked; the
+            # streams' apps resend (their ack never came) and the next tick tries again.
+            self.stats.errors += 1
+            logger.warning("ingest pipeline of %d fixes failed: %s", len(batch), exc)
+            for update in batch:
+                if update.sink is not None:
+                    update.sink.pending -= 1
+                    update.sink.event.set()
+            if done is not None and not done.done():
+                done.set_exception(exc)
+                done.exception()  # retrieved: callers may not await it
+            return
+        now = datetime.now(UTC)
+        for update in batch:
+            fix = update.fix
+            self.history.add(
+                (
+                    update.driver_id,
+                    datetime.fromtimestamp(fix.device_time_ms / 1000, UTC),
+                    now,
+                    fix.lat,
+                    fix.lng,
+                    fix.accuracy_m,
+                    fix.heading_deg,
+                    fix.speed_mps,
+                    False,
+                )
+            )
+            if update.sink is not None:
+                update.sink.done(fix.sequence)
+        self.stats.fixes += len(batch)
+        self.stats.ticks += 1
+        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        if done is not None and not done.done():
+            done.set_result(None)
+        if self.on_stored is not None:
+            try:
+                await self.on_stored(stored)
+            except Exception:
+                logger.exception("a stored-fix hook failed")
+
+    async def _refresh_watched(self) -> None:
+        now_ms = int(time.time() * 1000)
+        try:
+            members = await self.redis.zrangebyscore(WATCHED_KEY, now_ms, "+inf")
+        except Exception as exc:
+            logger.warning("could not read watched drivers: %s", exc)
+            return
+        self._watched = frozenset(bytes(m).decode() for m in members)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to flush what it holds and return."""
+        self._stopping = True
+        self._wake.set()

@@ -1,0 +1,499 @@
+"""LocationService: the GPS stream, batch uploads, availability, search and live positions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+from redis.asyncio import Redis
+
+from delivery.location.v1 import location_pb2, location_service_pb2, location_service_pb2_grpc
+from location_svc.convert import (
+    DROP_TO_PROTO,
+    PRESENCE_TO_PROTO,
+    STATUS_FROM_PROTO,
+    STATUS_TO_PROTO,
+    VEHICLE_FROM_PROTO,
+    VEHICLE_TO_PROTO,
+    fix_from_proto,
+    now_timestamp,
+    seconds,
+    timestamp_ms,
+)
+from location_svc.domain.fixes import DropReason, Fix, FixRules, check, check_against, check_shape
+from location_svc.domain.presence import DriverStatus, Pacing, presence
+from location_svc.ingest import POSITION_CHANNEL, WATCHED_KEY, AckSink, Ingest, Update
+from location_svc.store.drivers import DriverRecord, DriverStore, unpack_position
+from location_svc.store.geo_index import GeoIndex, IndexEntry, shard_of
+from location_svc.store.history import HistoryWriter, Row
+from mesh.auth import Principal, Role, current_principal
+from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
+from mesh.geo import validate_location
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+MAX_RADIUS_M = 50_000.0
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class LocationPolicy:
+    """Tunables of location_svc."""
+
+    #: The sanity pipeline's thresholds.
+    rules: FixRules = field(default_factory=FixRules)
+    #: How often apps should report, by status.
+    pacing: Pacing = field(default_factory=Pacing)
+    #: A driver with no fix for this long leaves the index and shows as silent, in seconds.
+    presence_ttl_s: float = 30.0
+    #: How long a watch registration lasts without renewal, in seconds.
+    watch_ttl_s: float = 30.0
+
+
+class StreamSession:
+    """The per-stream state of one driver's GPS stream; small, since thousands are open."""
+
+    __slots__ = (
+        "accepted",
+        "driver_id",
+        "dropped",
+        "last",
+        "last_drop",
+        "shard",
+        "sink",
+        "status",
+        "vehicle",
+    )
+
+    def __init__(self, record: DriverRecord) -> None:
+        self.driver_id = record.driver_id
+        self.status = record.status
+        self.vehicle = record.vehicle
+        self.last: Fix | None = record.last
+        self.shard = record.shard
+        self.accepted = 0
+        self.dropped = 0
+        self.last_drop: DropReason | None = None
+        self.sink = AckSink()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LocationService(location_service_pb2_grpc.LocationServiceServicer):
+    """Driver positions for the mesh."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        drivers: DriverStore,
+        index: GeoIndex,
+        ingest: Ingest,
+        history: HistoryWriter,
+        policy: LocationPolicy | None = None,
+    ) -> None:
+        self._redis = redis
+        self._drivers = drivers
+        self._index = index
+        self._ingest = ingest
+        self._history = history
+        self._policy = policy or LocationPolicy()
+        #: Dropped fixes by reason, for operators.
+        self.drops: Counter[DropReason] = Counter()
+
+    async def _driver(self, principal: Principal) -> DriverRecord:
+        principal.require(Role.DRIVER)
+        record = await self._drivers.load(principal.subject)
+        if record is None:
+            raise NotFound("no courier profile for this account", reason="DRIVER_NOT_FOUND")
+        return record
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    def _take(self, session: StreamSession, fix: Fix, now_ms: int) -> None:
+        """Believes or drops one streamed fix; believed ones go to the batcher (no await)."""
+        reason = check(fix, session.last, now_ms, self._policy.rules)
+        if reason is not None:
+            session.dropped += 1
+            session.last_drop = reason
+            self.drops[reason] += 1
+            session.sink.event.set()
+            return
+        session.last = fix
+        session.accepted += 1
+        previous = session.shard
+        shard = shard_of(fix.lat, fix.lng) if session.status is DriverStatus.AVAILABLE else ""
+        session.shard = shard
+        self._ingest.submit(
+            Update(
+                session.driver_id,
+                fix,
+                session.status,
+                session.vehicle,
+                previous,
+                shard,
+                now_ms,
+                session.sink,
+            )
+        )
+
+    def _ack(self, session: StreamSession) -> location_service_pb2.StreamLocationResponse:
+        return location_service_pb2.StreamLocationResponse(
+            server_time=now_timestamp(),
+            acked_sequence=session.sink.acked_sequence,
+            next_interval_duration=seconds(self._policy.pacing.interval(session.status)),
+            accepted_count=session.sink.flushed,
+            dropped_count=session.dropped,
+            last_drop_reason=DROP_TO_PROTO[session.last_drop] if session.last_drop else None,
+        )
+
+    async def StreamLocation(
+        self,
+        request_iterator: AsyncIterator[location_service_pb2.StreamLocationRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        record = await self._driver(current_principal())
+        session = StreamSession(record)
+        await self._drivers.set_stream(session.driver_id, True)
+        reading = True
+
+        async def write_acks() -> None:
+            # Acks follow storage: one per wake-up, covering every fix stored meanwhile.
+            sent = (-1, -1)
+            while True:
+                await session.sink.event.wait()
+                session.sink.event.clear()
+                state = (session.sink.flushed, session.dropped)
+                if state != sent:
+                    sent = state
+                    await context.write(self._ack(session))
+                if not reading and session.sink.pending <= 0:
+                    return
+
+        writer = asyncio.create_task(write_acks())
+        try:
+            async for request in request_iterator:
+                self._take(session, fix_from_proto(request.fix), _now_ms())
+            reading = False
+            session.sink.event.set()
+            # Half-closed: the last fixes still get their ack before the call ends.
+            await writer
+        finally:
+            reading = False
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+            with contextlib.suppress(Exception):
+                await self._drivers.set_stream(session.driver_id, False)
+
+    async def ReportLocations(
+        self,
+        request: location_service_pb2.ReportLocationsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> location_service_pb2.ReportLocationsResponse:
+        record = await self._driver(current_principal())
+        if not request.fixes:
+            raise InvalidArgument(FieldViolation("fixes", "must hold at least one fix"))
+        if len(request.fixes) > MAX_BATCH:
+            raise InvalidArgument(FieldViolation("fixes", f"must hold at most {MAX_BATCH} fixes"))
+        now_ms = _now_ms()
+        fixes = [fix_from_proto(f) for f in request.fixes]
+        dropped: list[location_pb2.DroppedFix] = []
+        live: list[Fix] = []
+        backfill: list[Fix] = []
+        newest = record.last
+        seen_times: set[int] = set()
+        for index in sorted(range(len(fixes)), key=lambda i: fixes[i].device_time_ms):
+            fix = fixes[index]
+            reason = check_shape(fix, now_ms, self._policy.rules)
+            if reason is None and fix.device_time_ms in seen_times:
+                reason = DropReason.DUPLICATE
+            if (
+                reason is None
+                and newest is not None
+                and fix.device_time_ms <= newest.device_time_ms
+            ):
+                if fix.device_time_ms == newest.device_time_ms:
+                    reason = DropReason.DUPLICATE
+                else:
+                    # Older than what was already seen: history only, no index move, no event.
+                    backfill.append(fix)
+                    seen_times.add(fix.device_time_ms)
+                    continue
+            if reason is None:
+                reason = check_against(fix, newest, self._policy.rules)
+            if reason is not None:
+                self.drops[reason] += 1
+                dropped.append(location_pb2.DroppedFix(index=index, reason=DROP_TO_PROTO[reason]))
+                continue
+            seen_times.add(fix.device_time_ms)
+            live.append(fix)
+            newest = fix
+        received = datetime.now(UTC)
+        for fix in backfill:
+            self._history.add(_history_row(record.driver_id, fix, received, backfilled=True))
+        # Intermediate live fixes are history; the newest one moves the driver.
+        for fix in live[:-1]:
+            self._history.add(_history_row(record.driver_id, fix, received, backfilled=False))
+        if live:
+            fix = live[-1]
+            shard = shard_of(fix.lat, fix.lng) if record.status is DriverStatus.AVAILABLE else ""
+            await self._ingest.submit(
+                Update(
+                    record.driver_id,
+                    fix,
+                    record.status,
+                    record.vehicle,
+                    record.shard,
+                    shard,
+                    now_ms,
+                )
+            )
+        return location_service_pb2.ReportLocationsResponse(
+            accepted_count=len(live),
+            backfilled_count=len(backfill),
+            dropped=sorted(dropped, key=_index_of),  # type: ignore[arg-type]
+            next_interval_duration=seconds(self._policy.pacing.interval(record.status)),
+        )
+
+    # --- availability -------------------------------------------------------------------------
+
+    async def SetAvailability(
+        self,
+        request: location_service_pb2.SetAvailabilityRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> location_service_pb2.SetAvailabilityResponse:
+        principal = current_principal()
+        v = Validator()
+        v.check(request.status in STATUS_FROM_PROTO, "status", "must be a driver status")
+        v.check(
+            request.vehicle_type == 0 or request.vehicle_type in VEHICLE_FROM_PROTO,
+            "vehicle_type",
+            "must be a vehicle type",
+        )
+        v.raise_if_any()
+        status = STATUS_FROM_PROTO[request.status]
+        if principal.role is Role.DRIVER:
+            if request.driver_id and request.driver_id != principal.subject:
+                raise PermissionDenied(
+                    "a driver sets only their own availability", reason="NOT_YOUR_DRIVER"
+                )
+            driver_id = principal.subject
+        elif principal.role in (Role.SERVICE, Role.ADMIN):
+            if not request.driver_id:
+                raise InvalidArgument(FieldViolation("driver_id", "is required for services"))
+            driver_id = request.driver_id
+        else:
+            raise PermissionDenied("only drivers and dispatch set availability")
+        vehicle = VEHICLE_FROM_PROTO.get(request.vehicle_type)
+        record = await self._drivers.load(driver_id)
+        if record is None:
+            raise NotFound(f"driver {driver_id} not found", reason="DRIVER_NOT_FOUND")
+        updated = await self._drivers.set_status(driver_id, status, vehicle)
+        if updated is None:
+            raise NotFound(f"driver {driver_id} not found", reason="DRIVER_NOT_FOUND")
+        vehicle = vehicle or record.vehicle
+        # Re-file the driver at once: out of the index unless available with a live position.
+        fresh = (
+            record.last is not None
+            and _now_ms() - record.received_ms <= self._policy.presence_ttl_s * 1000
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        if record.shard:
+            self._index.queue_remove(pipe, driver_id, record.shard)
+        shard = ""
+        if status is DriverStatus.AVAILABLE and fresh and record.last is not None:
+            last = record.last
+            shard = self._index.queue_upsert(
+                pipe,
+                IndexEntry(driver_id, last.lat, last.lng, vehicle, last.device_time_ms),
+                None,
+            )
+        await pipe.execute()
+        await self._drivers.set_shard(driver_id, shard)
+        return location_service_pb2.SetAvailabilityResponse(
+            driver_state=location_pb2.DriverState(
+                driver_id=driver_id,
+                status=STATUS_TO_PROTO[status],
+                vehicle_type=VEHICLE_TO_PROTO.get(vehicle, 0),
+                update_time=now_timestamp(),
+            )
+        )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def FindNearbyDrivers(
+        self,
+        request: location_service_pb2.FindNearbyDriversRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> location_service_pb2.FindNearbyDriversResponse:
+        current_principal().require(Role.SERVICE, Role.ADMIN)
+        v = Validator()
+        if v.check(request.HasField("center"), "center", "is required"):
+            validate_location(v, "center", request.center.latitude, request.center.longitude)
+        radius = request.radius_meters or 5000.0
+        v.check(0 < radius <= MAX_RADIUS_M, "radius_meters", f"must be in (0, {MAX_RADIUS_M:.0f}]")
+        limit = request.limit or 10
+        v.check(0 < limit <= MAX_LIMIT, "limit", f"must be 1 to {MAX_LIMIT}")
+        v.check(
+            request.vehicle_type == 0 or request.vehicle_type in VEHICLE_FROM_PROTO,
+            "vehicle_type",
+            "must be a vehicle type",
+        )
+        v.check(not request.include_busy, "include_busy", "is not supported yet")
+        v.raise_if_any()
+        now_ms = _now_ms()
+        found = await self._index.find_nearby(
+            request.center.latitude,
+            request.center.longitude,
+            radius,
+            limit,
+            VEHICLE_FROM_PROTO.get(request.vehicle_type),
+            now_ms=now_ms,
+        )
+        available = STATUS_TO_PROTO[DriverStatus.AVAILABLE]
+        return location_service_pb2.FindNearbyDriversResponse(
+            drivers=[
+                location_pb2.NearbyDriver(
+                    driver_id=d.driver_id,
+                    position={"latitude": d.lat, "longitude": d.lng},
+                    distance_meters=d.distance_m,
+                    vehicle_type=VEHICLE_TO_PROTO.get(d.vehicle, 0),
+                    fix_time=timestamp_ms(d.fix_time_ms),
+                    position_age_duration=seconds(max(0, now_ms - d.fix_time_ms) / 1000),
+                    status=available,
+                )
+                for d in found
+            ]
+        )
+
+    def _may_see(self, principal: Principal, driver_id: str) -> None:
+        if principal.role in (Role.SERVICE, Role.ADMIN):
+            return
+        if principal.role is Role.DRIVER and principal.subject == driver_id:
+            return
+        # Customers follow their courier through tracking_svc, which checks the order.
+        raise PermissionDenied(
+            "driver positions are for the mesh's services, admins and the driver",
+            reason="POSITION_PRIVATE",
+        )
+
+    def _location(self, record: DriverRecord, now_ms: int) -> location_pb2.DriverLocation:
+        last = record.last
+        age = None if last is None else max(0, now_ms - last.device_time_ms) / 1000
+        where = presence(
+            status=record.status,
+            stream_open=record.stream_open,
+            fix_age_s=age,
+            ttl_s=self._policy.presence_ttl_s,
+        )
+        location = location_pb2.DriverLocation(
+            driver_id=record.driver_id,
+            presence=PRESENCE_TO_PROTO[where],
+            status=STATUS_TO_PROTO[record.status],
+        )
+        if last is not None and age is not None:
+            location.position.latitude = last.lat
+            location.position.longitude = last.lng
+            location.heading_degrees = last.heading_deg
+            location.speed_mps = last.speed_mps
+            location.accuracy_meters = last.accuracy_m
+            location.fix_time.CopyFrom(timestamp_ms(last.device_time_ms))
+            location.position_age_duration.CopyFrom(seconds(age))
+        return location
+
+    async def GetDriverLocation(
+        self,
+        request: location_service_pb2.GetDriverLocationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> location_service_pb2.GetDriverLocationResponse:
+        self._may_see(current_principal(), request.driver_id)
+        record = await self._drivers.load(request.driver_id)
+        if record is None:
+            raise NotFound(f"driver {request.driver_id} not found", reason="DRIVER_NOT_FOUND")
+        return location_service_pb2.GetDriverLocationResponse(
+            location=self._location(record, _now_ms())
+        )
+
+    async def WatchDriverLocation(
+        self,
+        request: location_service_pb2.WatchDriverLocationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[location_service_pb2.WatchDriverLocationResponse]:
+        self._may_see(current_principal(), request.driver_id)
+        record = await self._drivers.load(request.driver_id)
+        if record is None:
+            raise NotFound(f"driver {request.driver_id} not found", reason="DRIVER_NOT_FOUND")
+        min_interval = (
+            request.min_interval_duration.ToTimedelta().total_seconds()
+            if request.HasField("min_interval_duration")
+            else 1.0
+        )
+        if min_interval < 0:
+            raise InvalidArgument(FieldViolation("min_interval_duration", "must not be negative"))
+        pubsub = self._redis.pubsub()
+        channel = POSITION_CHANNEL.format(record.driver_id)
+        await pubsub.subscribe(channel)
+        renew = asyncio.create_task(self._keep_watching(record.driver_id))
+        try:
+            # The current position first, so a new watcher never starts blank.
+            yield location_service_pb2.WatchDriverLocationResponse(
+                location=self._location(record, _now_ms())
+            )
+            sent_at = time.monotonic()
+            pending: bytes | None = None
+            while True:
+                timeout = max(0.0, min_interval - (time.monotonic() - sent_at)) if pending else 5.0
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=timeout or 0.001
+                )
+                if message is not None and message.get("type") == "message":
+                    pending = message["data"]
+                if pending is not None and time.monotonic() - sent_at >= min_interval:
+                    fix, received = unpack_position(pending)
+                    record.last, record.received_ms = fix, received
+                    yield location_service_pb2.WatchDriverLocationResponse(
+                        location=self._location(record, _now_ms())
+                    )
+                    sent_at = time.monotonic()
+                    pending = None
+        finally:
+            renew.cancel()
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe(channel)
+                await pubsub.aclose()
+
+    async def _keep_watching(self, driver_id: str) -> None:
+        """Keeps the driver in the watched set while this stream lives."""
+        ttl_ms = int(self._policy.watch_ttl_s * 1000)
+        while True:
+            await self._redis.zadd(WATCHED_KEY, {driver_id: _now_ms() + ttl_ms})
+            await asyncio.sleep(self._policy.watch_ttl_s / 3)
+
+
+def _index_of(dropped: location_pb2.DroppedFix) -> int:
+    return dropped.index
+
+
+def _history_row(driver_id: str, fix: Fix, received: datetime, *, backfilled: bool) -> Row:
+    return (
+        driver_id,
+        datetime.fromtimestamp(fix.device_time_ms / 1000, UTC),
+        received,
+        fix.lat,
+        fix.lng,
+        fix.accuracy_m,
+        fix.heading_deg,
+        fix.speed_mps,
+        backfilled,
+    )

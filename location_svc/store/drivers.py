@@ -1,0 +1,129 @@
+"""Driver state: durable status in PostgreSQL, live position and presence in a Redis hash."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from redis.asyncio import Redis
+
+from location_svc.domain.fixes import Fix
+from location_svc.domain.presence import DriverStatus
+from location_svc.store.geo_index import driver_key
+
+
+@dataclass(slots=True)
+class DriverRecord:
+    """What location_svc knows about one driver."""
+
+    driver_id: str
+    status: DriverStatus
+    vehicle: str
+    #: The newest believed fix, if any.
+    last: Fix | None
+    #: The shard the driver is indexed under (empty if none).
+    shard: str
+    #: When the newest fix was received, in ms since the epoch.
+    received_ms: int
+    #: Whether a StreamLocation stream is open; ``None`` if the driver never opened one
+    #: (a gRPC-web client reporting with ReportLocations).
+    stream_open: bool | None
+
+
+def pack_position(fix: Fix, received_ms: int) -> bytes:
+    """The compact form of a position stored in the driver hash and published to watchers."""
+    return (
+        f"{fix.lat:.7f},{fix.lng:.7f},{fix.device_time_ms},{fix.accuracy_m:.1f},"
+        f"{fix.heading_deg:.1f},{fix.speed_mps:.2f},{received_ms},{fix.sequence}"
+    ).encode()
+
+
+def unpack_position(raw: bytes) -> tuple[Fix, int]:
+    """The inverse of :func:`pack_position`: the fix and its receive time."""
+    lat, lng, t, acc, hdg, spd, rx, seq = raw.decode().split(",")
+    return (
+        Fix(float(lat), float(lng), float(acc), float(hdg), float(spd), int(t), int(seq)),
+        int(rx),
+    )
+
+
+def _valid_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class DriverStore:
+    """Reads and writes driver state; the Redis hash is a cache PostgreSQL can rebuild."""
+
+    def __init__(self, redis: Redis, pool: asyncpg.Pool) -> None:
+        self._redis = redis
+        self._pool = pool
+
+    async def load(self, driver_id: str) -> DriverRecord | None:
+        """The driver's state, seeded from PostgreSQL when Redis has none; ``None`` if unknown."""
+        if not _valid_uuid(driver_id):
+            return None
+        # The client returns bytes (decode_responses=False); typed stubs allow str too.
+        fields: dict[bytes, bytes] = await self._redis.hgetall(driver_key(driver_id))  # type: ignore[assignment]
+        if fields and b"st" in fields:
+            last, received = (None, 0)
+            if b"pos" in fields:
+                last, received = unpack_position(fields[b"pos"])
+            return DriverRecord(
+                driver_id=driver_id,
+                status=DriverStatus(fields[b"st"].decode()),
+                vehicle=fields.get(b"veh", b"bicycle").decode(),
+                last=last,
+                shard=fields.get(b"sh", b"").decode(),
+                received_ms=received,
+                stream_open=None if b"so" not in fields else fields[b"so"] == b"1",
+            )
+        row = await self._pool.fetchrow(
+            "SELECT status, vehicle_type FROM drivers WHERE id = $1::uuid", driver_id
+        )
+        if row is None:
+            return None
+        await self._redis.hset(
+            driver_key(driver_id), mapping={"st": row["status"], "veh": row["vehicle_type"]}
+        )
+        return DriverRecord(
+            driver_id, DriverStatus(row["status"]), row["vehicle_type"], None, "", 0, None
+        )
+
+    async def set_status(
+        self, driver_id: str, status: DriverStatus, vehicle: str | None
+    ) -> datetime | None:
+        """Stores a new status (and vehicle) durably, then in Redis; ``None`` if no such driver."""
+        updated = await self._pool.fetchval(
+            """
+            UPDATE drivers SET status = $2, vehicle_type = coalesce($3, vehicle_type)
+             WHERE id = $1::uuid RETURNING updated_at
+            """,
+            driver_id,
+            status.value,
+            vehicle,
+        )
+        if updated is None:
+            return None
+        fields = {"st": status.value, **({"veh": vehicle} if vehicle else {})}
+        await self._redis.hset(driver_key(driver_id), mapping=fields)  # type: ignore[arg-type]
+        return updated if isinstance(updated, datetime) else datetime.now(UTC)
+
+    def queue_position(self, pipe: object, driver_id: str, fix: Fix, shard: str, rx: int) -> bytes:
+        """Appends the position write to a pipeline; returns the packed position."""
+        packed = pack_position(fix, rx)
+        pipe.hset(driver_key(driver_id), mapping={"pos": packed, "sh": shard})  # type: ignore[attr-defined]
+        return packed
+
+    async def set_shard(self, driver_id: str, shard: str) -> None:
+        """Records which shard the driver is indexed under (empty: none)."""
+        await self._redis.hset(driver_key(driver_id), "sh", shard)
+
+    async def set_stream(self, driver_id: str, is_open: bool) -> None:
+        """Records whether the driver's GPS stream is open ("stream closed" vs "silent")."""
+        await self._redis.hset(driver_key(driver_id), "so", "1" if is_open else "0")
