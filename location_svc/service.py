@@ -56,6 +56,8 @@ class LocationPolicy:
     presence_ttl_s: float = 30.0
     #: How long a watch registration lasts without renewal, in seconds.
     watch_ttl_s: float = 30.0
+    #: The least time between two acks on one stream, in seconds.
+    ack_spacing_s: float = 0.1
 
 
 class StreamSession:
@@ -168,7 +170,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
 
         async def write_acks() -> None:
             # Acks follow storage: one per wake-up, covering every fix stored meanwhile.
-            sent = (-1, -1)
+            sent = (0, 0)
             while True:
                 await session.sink.event.wait()
                 session.sink.event.clear()
@@ -178,6 +180,10 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                     await context.write(self._ack(session))
                 if not reading and session.sink.pending <= 0:
                     return
+                if reading:
+                    # A phone sends every few seconds and gets each ack at once; a stream that
+                    # sends faster gets at most one ack per spacing, covering all its fixes.
+                    await asyncio.sleep(self._policy.ack_spacing_s)
 
         writer = asyncio.create_task(write_acks())
         try:

@@ -16,6 +16,8 @@ from mesh.migrate import migrate
 from mesh.settings import StoreSettings
 from mesh.stores import Stores, open_stores
 
+pytest_plugins = ["tests.cluster"]
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 

@@ -23,13 +23,13 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 # mesh.geo is the project's one door to h3, but it exposes no cell centre, boundary or ring; these
 # few calls belong there (see the cell geometry section below) and are kept to this section.
 import h3
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 from mesh.geo import EARTH_RADIUS_M, cell, haversine_m, valid_lat_lng
@@ -58,8 +58,19 @@ _ANNOUNCE_EVERY_S = 60.0
 _SWEEP_BATCH = 1000
 # Shards per sweep pipeline.
 _SWEEP_PIPELINE = 256
+# The first search radius is expected to hold this many drivers per wanted result, plus a few:
+# for uniformly spread drivers that is short of `limit` less than once in a thousand searches.
+_FIRST_STEP_DRIVERS_PER_RESULT = 2.0
+_FIRST_STEP_EXTRA_DRIVERS = 4
+_FIRST_STEP_MIN_M = 35.0
+# Just under the radius at which Redis GEOSEARCH moves to geohash boxes four times as large
+# (its box height at step 16 is 170.1 deg / 2^16, about 288.6 m).
+_GEOHASH_STEP_M = 280.0
+# How often a shard's density (set sizes) is refreshed, in seconds.
+_DENSITY_EVERY_S = 10.0
 _VEHICLE_INDEX = {v: i for i, v in enumerate(VEHICLES)}
 _ALL_VEHICLES = tuple(range(len(VEHICLES)))
+_ONE_VEHICLE = tuple((i,) for i in range(len(VEHICLES)))
 
 
 def shard_of(lat: float, lng: float) -> str:
@@ -119,23 +130,41 @@ class Nearby:
 # --- cell geometry ------------------------------------------------------------------------------
 
 
+Vec = tuple[float, float, float]
+
+
+class _Edge(NamedTuple):
+    """A cell edge (a great-circle arc from ``a`` to ``b``) prepared for distance tests."""
+
+    a: Vec
+    b: Vec
+    #: Unit normal of the arc's great circle: |p . normal| is the sine of p's distance to it.
+    normal: Vec
+    #: p . start >= 0 and p . end >= 0 iff p's foot on the great circle lies on the arc.
+    start: Vec
+    end: Vec
+
+
 class CellGeometry(NamedTuple):
     """What shard selection needs to know about one H3 cell."""
 
     cell: str
     lat: float
     lng: float
+    #: Unit vector of (lat, lng).
+    centre: Vec
     #: No point of the cell is farther than this from (lat, lng), in metres (generous).
     circumradius_m: float
     #: Every point this close to (lat, lng) is inside the cell, in metres (cautious).
     inradius_m: float
+    #: The boundary, edge by edge.
+    edges: tuple[_Edge, ...]
     #: Some of the cell lies beyond GEO_LAT_MAX: it may hold polar drivers.
     polar: bool
     #: All of the cell lies beyond GEO_LAT_MAX: it holds no driver in a GEO set.
     all_polar: bool
-
-
-Vec = tuple[float, float, float]
+    #: The cell's area in square metres.
+    area_m2: float
 
 
 def _unit(lat: float, lng: float) -> Vec:
@@ -151,53 +180,69 @@ def _dot(a: Vec, b: Vec) -> float:
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
+def _normalized(v: Vec) -> Vec:
+    norm = math.sqrt(_dot(v, v))
+    return (v[0] / norm, v[1] / norm, v[2] / norm)
+
+
 def _angle(a: Vec, b: Vec) -> float:
     # atan2 of |a x b| and a.b stays accurate for tiny angles, unlike acos.
     c = _cross(a, b)
     return math.atan2(math.sqrt(_dot(c, c)), _dot(a, b))
 
 
-def _arc_distance_m(p: Vec, a: Vec, b: Vec) -> float:
-    """The distance from ``p`` to the great-circle arc from ``a`` to ``b`` (all unit vectors)."""
-    n = _cross(a, b)
-    norm = math.sqrt(_dot(n, n))
-    if norm < 1e-15:
-        return _angle(p, a) * EARTH_RADIUS_M
-    n = (n[0] / norm, n[1] / norm, n[2] / norm)
-    # The foot of the perpendicular lies on the arc iff it is on the inner side of both ends.
-    if _dot(_cross(a, p), n) >= 0 and _dot(_cross(p, b), n) >= 0:
-        return abs(math.asin(max(-1.0, min(1.0, _dot(p, n))))) * EARTH_RADIUS_M
-    return min(_angle(p, a), _angle(p, b)) * EARTH_RADIUS_M
+def _edge(a: Vec, b: Vec) -> _Edge:
+    normal = _normalized(_cross(a, b))
+    return _Edge(a, b, normal, _cross(normal, a), _cross(b, normal))
+
+
+def _near_edge(p: Vec, edge: _Edge, sin_reach: float, cos_reach: float) -> bool:
+    """Whether ``p`` is within the reach (given by its sine and cosine) of the arc."""
+    if abs(_dot(p, edge.normal)) > sin_reach:
+        return False  # farther from the whole great circle: the usual case, one dot product
+    if _dot(p, edge.start) >= 0 and _dot(p, edge.end) >= 0:
+        return True  # the nearest point is inside the arc
+    return _dot(p, edge.a) >= cos_reach or _dot(p, edge.b) >= cos_reach
+
+
+def _edge_distance_m(p: Vec, edge: _Edge) -> float:
+    """The distance from ``p`` to the arc."""
+    if _dot(p, edge.start) >= 0 and _dot(p, edge.end) >= 0:
+        return abs(math.asin(max(-1.0, min(1.0, _dot(p, edge.normal))))) * EARTH_RADIUS_M
+    return min(_angle(p, edge.a), _angle(p, edge.b)) * EARTH_RADIUS_M
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def cell_geometry(shard: str) -> CellGeometry:
-    """Centre and conservative radii of an H3 cell (cached: cells never change).
+    """Centre, boundary and conservative radii of an H3 cell (cached: cells never change).
 
     H3 cell edges are great-circle arcs (straight lines of a gnomonic projection, with extra
-    vertices where a cell crosses an icosahedron face), so the farthest point of a cell from its
-    centre is a vertex and the nearest boundary point is on an edge arc. Both radii get a margin
-    anyway: a shard wrongly left out loses results, one wrongly added costs one lookup.
+    vertices where a cell crosses an icosahedron face), so the farthest point of a cell from
+    its centre is a vertex and distances to the boundary are distances to arcs. The radii get
+    a margin anyway: a shard wrongly left out loses results, one wrongly added costs a lookup.
     """
     lat, lng = h3.cell_to_latlng(shard)
-    boundary = h3.cell_to_boundary(shard)
     centre = _unit(lat, lng)
-    vertices = [_unit(vlat, vlng) for vlat, vlng in boundary]
-    circumradius = max(_angle(centre, v) for v in vertices) * EARTH_RADIUS_M
-    inradius = min(
-        _arc_distance_m(centre, vertices[i - 1], vertices[i]) for i in range(len(vertices))
+    vertices = [_unit(vlat, vlng) for vlat, vlng in h3.cell_to_boundary(shard)]
+    edges = tuple(
+        _edge(vertices[i - 1], vertices[i])
+        for i in range(len(vertices))
+        if _angle(vertices[i - 1], vertices[i]) > 1e-12
     )
-    circumradius = circumradius * 1.02 + 50.0
-    inradius = max(0.0, inradius * 0.98 - 50.0)
+    circumradius = max(_angle(centre, v) for v in vertices) * EARTH_RADIUS_M * 1.02 + 50.0
+    inradius = min(_edge_distance_m(centre, e) for e in edges) * 0.98 - 50.0
     reach_deg = math.degrees(circumradius / EARTH_RADIUS_M)
     return CellGeometry(
         cell=shard,
         lat=lat,
         lng=lng,
+        centre=centre,
         circumradius_m=circumradius,
-        inradius_m=inradius,
+        inradius_m=max(0.0, inradius),
+        edges=edges,
         polar=abs(lat) + reach_deg > GEO_LAT_MAX,
         all_polar=abs(lat) - reach_deg > GEO_LAT_MAX,
+        area_m2=float(h3.cell_area(shard, "m^2")),
     )
 
 
@@ -219,26 +264,43 @@ def _edge_m(origin: str) -> float:
 
 
 def shards_for_circle(lat: float, lng: float, radius_m: float) -> list[str]:
-    """Every shard with a point within ``radius_m`` of ``(lat, lng)`` (and maybe a few more).
+    """Every shard with a point within ``radius_m`` of ``(lat, lng)`` (and rarely one more).
 
-    Shard C is kept when its centre is within ``radius_m`` plus its circumradius. Candidates come
-    from grid disks around the centre's shard; the kept cells form a connected patch around the
-    origin, so if none of them lies on the disk's outer ring no cell beyond it can be touched,
-    and otherwise the disk grows a ring. That makes the answer independent of how much H3 cells
-    shrink or bend (near pentagons and poles) and of the first guess of ``k``.
+    The centre's shard always; another shard when one of its edges comes within the radius
+    (exact spherical geometry, with a few metres of slack for the metre Redis rounds stored
+    positions by). Candidates come from grid disks around the centre's shard: the kept cells
+    form a connected patch around it, so if none lies on the disk's outer ring no cell beyond
+    can be touched, and otherwise the disk grows a ring. That keeps the answer right however
+    much H3 cells shrink or bend (near pentagons and poles), whatever the first guess of ``k``.
     """
     origin = shard_of(lat, lng)
     geometry = cell_geometry(origin)
     reach = radius_m + _SHARD_SLACK_M
-    if haversine_m(lat, lng, geometry.lat, geometry.lng) + reach <= geometry.inradius_m:
+    p = _unit(lat, lng)
+    angle = reach / EARTH_RADIUS_M
+    if angle >= math.pi / 2:
+        raise ValueError(f"radius {radius_m} m is too large to search")
+    sin_reach, cos_reach = math.sin(angle), math.cos(angle)
+    # Cheapest first: well inside the cell (one dot product), then no edge within reach.
+    inner = geometry.inradius_m - reach
+    if inner > 0 and _dot(p, geometry.centre) >= math.cos(inner / EARTH_RADIUS_M):
         return [origin]
-    # Ring k's centres are at least ~1.5 edges * k from the origin's in a regular hex grid.
+    if not any(_near_edge(p, e, sin_reach, cos_reach) for e in geometry.edges):
+        return [origin]
     k = max(1, math.ceil(reach / (1.5 * _edge_m(origin))))
     while True:
         cells, ring = _disk(origin, k)
-        kept = [
-            c.cell for c in cells if haversine_m(lat, lng, c.lat, c.lng) <= reach + c.circumradius_m
-        ]
+        kept = [origin]
+        for c in cells:
+            if c.cell == origin:
+                continue
+            # Too far by the circumradius (one dot product) before the edge by edge test.
+            if _dot(p, c.centre) < math.cos(
+                min(math.pi, (reach + c.circumradius_m) / EARTH_RADIUS_M)
+            ):
+                continue
+            if any(_near_edge(p, e, sin_reach, cos_reach) for e in c.edges):
+                kept.append(c.cell)
         if ring.isdisjoint(kept):
             return kept
         k += 1
@@ -275,102 +337,210 @@ def _shard_keys(prefix: str, shard: str) -> _ShardKeys:
 
 # --- Lua: each runs on one shard's keys, which share a hash slot --------------------------------
 
-# One search step on one shard. For each GEO set: the `count` nearest drivers within the radius
-# whose presence is fresh (or all of them with count 0), with a flag saying whether more may lie
-# beyond the last; for each polar hash: its fresh drivers. Filtering presence here saves a round
-# trip, and stale drivers crowding the COUNT make it look further instead of returning fewer.
-#   KEYS: seen, geo sets..., polar hashes...
-#   ARGV: lng, lat, radius_m, count, cutoff_ms, number of geo sets
-#   reply, per geo set: n, truncated (0/1), then n x (driver, lng, lat, fix_ms);
-#          per polar hash: n, then n x (driver, "lat,lng", fix_ms)
+# One search step over one or more shards (one per call on a cluster, where a script's keys must
+# share a slot; all of them in one call on a single Redis, saving a script run per extra shard).
+# Returns the `count` nearest drivers within the radius whose presence is fresh, over the
+# shards' GEO sets (every fresh one with count 0), and the fresh drivers of their polar hashes.
+# Each set's COUNT nearest come back with Redis's distance (its earth radius ranks as ours does);
+# a merge in distance order then checks presence only for as many as it needs, and fetches
+# coordinates only for the winners, because Redis spends more time formatting coordinates than
+# finding points. Stale drivers crowding a set's COUNT make it look further instead of
+# answering short. Hits come packed in one string per kind, as parsing each reply element
+# costs the Python client microseconds.
+#   KEYS: per shard: seen, geo sets..., polar hashes...
+#   ARGV: lng, lat, radius_m, count (0: all), cutoff_ms, want sizes (0/1), number of shards,
+#         then per shard: number of geo sets, number of polar hashes, the vehicle index of each
+#   reply: {truncated, geo hits, polar hits[, size of each geo set...]}
+#     truncated: 1 if drivers beyond the farthest geo hit may have been left out
+#     geo hits: lines "lng lat fix_ms vehicle driver", nearest first
+#     polar hits: lines "lat,lng fix_ms vehicle driver", every fresh one of the polar hashes
 _SEARCH_LUA = """
-local seen = KEYS[1]
 local lng, lat, radius = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local cutoff = tonumber(ARGV[5])
-local ngeo = tonumber(ARGV[6])
-local out = {}
+local nshards = tonumber(ARGV[7])
 
-local function scores_of(ids)
+-- sets[i] = {geo key, seen key of its shard, vehicle}; polars likewise
+local sets, polars = {}, {}
+local k, a = 1, 8
+for _ = 1, nshards do
+  local ngeo, npolar = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local seen = KEYS[k]
+  k = k + 1
+  for _ = 1, ngeo do
+    sets[#sets + 1] = {KEYS[k], seen, ARGV[a]}
+    k, a = k + 1, a + 1
+  end
+  for _ = 1, npolar do
+    polars[#polars + 1] = {KEYS[k], seen, ARGV[a]}
+    k, a = k + 1, a + 1
+  end
+end
+local nsets = #sets
+
+-- Presence scores of ids, each looked up in its shard's seen key: a string, or false.
+local function scores_of(ids, seens)
+  local groups, order = {}, {}
+  for j = 1, #ids do
+    local group = groups[seens[j]]
+    if group == nil then
+      group = {}
+      groups[seens[j]] = group
+      order[#order + 1] = seens[j]
+    end
+    group[#group + 1] = j
+  end
   local scores = {}
-  for first = 1, #ids, 500 do
-    local last = math.min(first + 499, #ids)
-    local part = redis.call('ZMSCORE', seen, unpack(ids, first, last))
-    for j = 1, #part do scores[first + j - 1] = part[j] end
+  for _, seen in ipairs(order) do
+    local group = groups[seen]
+    for first = 1, #group, 500 do
+      local last = math.min(first + 499, #group)
+      local part_ids = {}
+      for j = first, last do part_ids[#part_ids + 1] = ids[group[j]] end
+      local part = redis.call('ZMSCORE', seen, unpack(part_ids))
+      for j = 1, #part do scores[group[first + j - 1]] = part[j] end
+    end
   end
   return scores
 end
 
-for i = 2, ngeo + 1 do
-  local ask = count
-  local fresh, truncated
-  while true do
-    local found
-    if count == 0 then
-      found = redis.call('GEOSEARCH', KEYS[i], 'FROMLONLAT', lng, lat,
-                         'BYRADIUS', radius, 'm', 'WITHCOORD')
-    else
-      found = redis.call('GEOSEARCH', KEYS[i], 'FROMLONLAT', lng, lat,
-                         'BYRADIUS', radius, 'm', 'ASC', 'COUNT', ask, 'WITHCOORD')
+local ask, members, dists, full = {}, {}, {}, {}
+for i = 1, nsets do ask[i] = count end
+local picked = {}
+local truncated = 0
+local search = true
+while search do
+  local horizon = math.huge
+  for i = 1, nsets do
+    if members[i] == nil then
+      local rows
+      if count == 0 then
+        rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
+                          'BYRADIUS', radius, 'm', 'WITHDIST')
+      else
+        rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
+                          'BYRADIUS', radius, 'm', 'ASC', 'COUNT', ask[i], 'WITHDIST')
+      end
+      local m, d = {}, {}
+      for j = 1, #rows do
+        m[j] = rows[j][1]
+        d[j] = tonumber(rows[j][2])
+      end
+      members[i], dists[i] = m, d
+      full[i] = count > 0 and #rows == ask[i]
     end
-    fresh = {}
-    truncated = 0
-    if #found > 0 then
-      local ids = {}
-      for j = 1, #found do ids[j] = found[j][1] end
-      local scores = scores_of(ids)
-      for j = 1, #found do
+    -- A full set may hold more drivers past its last row: nothing beyond that is known.
+    if full[i] and dists[i][#dists[i]] < horizon then horizon = dists[i][#dists[i]] end
+  end
+  -- Merge the sets nearest first up to the horizon, keeping fresh drivers, until `count`.
+  picked = {}
+  local picked_at = {}
+  local at = {}
+  for i = 1, nsets do at[i] = 1 end
+  local exhausted = false
+  while not exhausted and (count == 0 or #picked < count) do
+    local need = count == 0 and math.huge or count - #picked
+    local chunk, seens, from = {}, {}, {}
+    while #chunk < need do
+      local best, nearest = 0, horizon
+      for i = 1, nsets do
+        local d = dists[i][at[i]]
+        if d ~= nil and d <= nearest then best, nearest = i, d end
+      end
+      if best == 0 then
+        exhausted = true
+        break
+      end
+      chunk[#chunk + 1] = members[best][at[best]]
+      seens[#seens + 1] = sets[best][2]
+      from[#from + 1] = best
+      at[best] = at[best] + 1
+    end
+    if #chunk > 0 then
+      local scores = scores_of(chunk, seens)
+      for j = 1, #chunk do
         local s = scores[j]
         if s and tonumber(s) >= cutoff then
-          fresh[#fresh + 1] = j
-          fresh[#fresh + 1] = s
-          if count > 0 and #fresh == 2 * count then
-            truncated = 1
-            break
+          -- A driver caught mid-move in two shards counts once, at its latest fix.
+          local seen_at = picked_at[chunk[j]]
+          if seen_at == nil then
+            picked[#picked + 1] = {from[j], chunk[j], s}
+            picked_at[chunk[j]] = #picked
+          elseif tonumber(s) > tonumber(picked[seen_at][3]) then
+            picked[seen_at] = {from[j], chunk[j], s}
           end
         end
       end
     end
-    if count == 0 or truncated == 1 or #found < ask then
-      out[#out + 1] = #fresh / 2
-      out[#out + 1] = truncated
-      for f = 1, #fresh, 2 do
-        local hit = found[fresh[f]]
-        out[#out + 1] = hit[1]
-        out[#out + 1] = hit[2][1]
-        out[#out + 1] = hit[2][2]
-        out[#out + 1] = fresh[f + 1]
+  end
+  search = false
+  if count > 0 and #picked == count then
+    truncated = 1
+  elseif horizon < math.huge then
+    -- Stale drivers used up the rows of a set that holds more: look further in those.
+    for i = 1, nsets do
+      if full[i] then
+        ask[i] = ask[i] * 4
+        members[i] = nil
       end
-      break
     end
-    -- Stale drivers took some of the first places: look further.
-    ask = ask * 4
+    search = true
   end
 end
 
-for i = ngeo + 2, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[i])
-  local ids, positions = {}, {}
-  for j = 1, #flat, 2 do
-    ids[#ids + 1] = flat[j]
-    positions[#positions + 1] = flat[j + 1]
+-- Coordinates of the winners only, one GEOPOS per set.
+local lines = {}
+if #picked > 0 then
+  local by_set, order = {}, {}
+  for j = 1, #picked do
+    local i = picked[j][1]
+    if by_set[i] == nil then
+      by_set[i] = {}
+      order[#order + 1] = i
+    end
+    by_set[i][#by_set[i] + 1] = j
   end
-  local scores = {}
-  if #ids > 0 then scores = scores_of(ids) end
-  local at = #out + 1
-  out[at] = 0
-  for j = 1, #ids do
-    local s = scores[j]
-    if s and tonumber(s) >= cutoff then
-      out[at] = out[at] + 1
-      out[#out + 1] = ids[j]
-      out[#out + 1] = positions[j]
-      out[#out + 1] = s
+  for _, i in ipairs(order) do
+    local js = by_set[i]
+    local ids = {}
+    for n = 1, #js do ids[n] = picked[js[n]][2] end
+    local coords = redis.call('GEOPOS', sets[i][1], unpack(ids))
+    for n = 1, #js do
+      local hit = picked[js[n]]
+      local xy = coords[n]
+      lines[js[n]] = xy[1] .. ' ' .. xy[2] .. ' ' .. hit[3] .. ' ' .. sets[i][3] .. ' ' .. hit[2]
     end
   end
 end
+
+local polar = {}
+for _, p in ipairs(polars) do
+  local flat = redis.call('HGETALL', p[1])
+  local ids, positions, seens = {}, {}, {}
+  for j = 1, #flat, 2 do
+    ids[#ids + 1] = flat[j]
+    positions[#positions + 1] = flat[j + 1]
+    seens[#seens + 1] = p[2]
+  end
+  if #ids > 0 then
+    local scores = scores_of(ids, seens)
+    for j = 1, #ids do
+      local s = scores[j]
+      if s and tonumber(s) >= cutoff then
+        polar[#polar + 1] = positions[j] .. ' ' .. s .. ' ' .. p[3] .. ' ' .. ids[j]
+      end
+    end
+  end
+end
+
+local out = {truncated, table.concat(lines, '\\n'), table.concat(polar, '\\n')}
+if ARGV[6] == '1' then
+  for i = 1, nsets do out[#out + 1] = redis.call('ZCARD', sets[i][1]) end
+end
 return out
 """
+
 
 # Removes up to `batch` drivers whose last fix is older than the cutoff from one shard, from
 # presence and every vehicle's set at once: atomic, so a fix arriving meanwhile is never lost.
@@ -439,6 +609,17 @@ def _now_ms() -> int:
 # --- the index ---------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Group:
+    """The shards one search script call covers: its keys and their layout (see the script)."""
+
+    keys: list[bytes] = field(default_factory=list)
+    layout: list[int] = field(default_factory=list)
+    #: (shard, vehicle) of each GEO set, in key order: the sizes the script may report.
+    sets: list[tuple[str, int]] = field(default_factory=list)
+    shards: int = 0
+
+
 # One candidate while merging: distance first, so tuples sort nearest first (then by driver id).
 _Hit = tuple[float, bytes, float, float, int, int]
 
@@ -464,12 +645,16 @@ class GeoIndex:
         if presence_ttl_s <= 0:
             raise ValueError("presence_ttl_s must be positive")
         self._redis = redis
+        # A cluster runs one script per shard (its keys share a slot); a single Redis one in all.
+        self._cluster = isinstance(redis, RedisCluster)
         self._ttl_ms = int(presence_ttl_s * 1000)
         self._steps = tuple(sorted(float(s) for s in steps_m if s > 0))
         self._prefix = prefix
         self._shards_key = shards_key(prefix).encode()
         # When this process last told the shard set about a shard (monotonic seconds).
         self._announced: dict[str, float] = {}
+        # Per shard: when its density was learnt (monotonic s) and drivers per m² per vehicle.
+        self._density: dict[str, tuple[float, tuple[float, ...]]] = {}
 
     @property
     def presence_ttl_s(self) -> float:
@@ -496,6 +681,9 @@ class GeoIndex:
         if vehicle is None:
             raise ValueError(f"unknown vehicle {entry.vehicle!r}")
         lat, lng, driver = entry.lat, entry.lng, entry.driver_id
+        if "\n" in driver:
+            # Search replies pack one hit per line.
+            raise ValueError("a driver id must not contain a line break")
         shard = shard_of(lat, lng)
         keys = _shard_keys(self._prefix, shard)
         if previous_shard and previous_shard != shard:
@@ -550,44 +738,68 @@ class GeoIndex:
     ) -> list[Nearby]:
         """The ``limit`` nearest available, fresh drivers within ``radius_m``, nearest first.
 
-        Exact: the same answer as measuring every indexed driver (at its stored position)
-        with :func:`mesh.geo.haversine_m`; equal distances are ordered by driver id. The
-        radius grows through ``steps_m`` and stops at the first step that holds ``limit``
-        drivers, so a dense city is answered from a few hundred metres around the centre.
+        Exact: the same answer as measuring every indexed driver (at its stored position) with
+        :func:`mesh.geo.haversine_m`; equal distances are ordered by driver id. The radius
+        grows step by step and stops at the first step that holds ``limit`` drivers, so a
+        dense city is answered from a few hundred metres around the centre.
         """
         if not valid_lat_lng(lat, lng):
             raise ValueError(f"not a position: {lat}, {lng}")
         if vehicle is None:
             vehicles = _ALL_VEHICLES
-        elif vehicle in _VEHICLE_INDEX:
-            vehicles = (_VEHICLE_INDEX[vehicle],)
         else:
-            raise ValueError(f"unknown vehicle {vehicle!r}")
-        if limit <= 0 or radius_m < 0 or math.isnan(radius_m):
+            index = _VEHICLE_INDEX.get(vehicle)
+            if index is None:
+                raise ValueError(f"unknown vehicle {vehicle!r}")
+            vehicles = _ONE_VEHICLE[index]
+        if limit <= 0 or not radius_m >= 0:
             return []
         cutoff = (_now_ms() if now_ms is None else now_ms) - self._ttl_ms
         count = limit
         hits: list[_Hit] = []
-        for step in (*(s for s in self._steps if s < radius_m), radius_m):
+        for step in self._steps_for(shard_of(lat, lng), vehicles, limit, radius_m):
             while True:
                 hits, horizon = await self._search(lat, lng, step, count, vehicles, cutoff)
                 # Everything up to `exact` is known; past it a truncated set may hide nearer ones.
-                exact = min(step, horizon)
+                exact = step if horizon > step else horizon
                 known = [h for h in hits if h[0] <= exact]
                 if len(known) >= limit:
                     known.sort()
-                    return [self._nearby(h) for h in known[:limit]]
+                    return [_nearby(h) for h in known[:limit]]
                 if horizon >= step:
                     break
                 # Only duplicates (a driver caught mid-move in two shards) get here: ask for more.
                 count *= 4
         hits.sort()
-        return [self._nearby(h) for h in hits[:limit]]
+        return [_nearby(h) for h in hits[:limit]]
 
-    @staticmethod
-    def _nearby(hit: _Hit) -> Nearby:
-        distance, driver, lat, lng, fix_ms, vehicle = hit
-        return Nearby(driver.decode(), lat, lng, distance, VEHICLES[vehicle], fix_ms)
+    def _steps_for(
+        self, shard: str, vehicles: tuple[int, ...], limit: int, radius_m: float
+    ) -> list[float]:
+        """The radii to try, ending with ``radius_m``.
+
+        Redis's cost grows with the area it scans, which it picks in geohash boxes that
+        double in size at fixed radii (about 288 m x 2^j at mid latitudes). So once the centre
+        shard's density is known, the first radius is the smallest of those steps expected to
+        hold plenty of drivers (rarely too few: a second round trip costs more than a larger
+        first area), and each next one doubles. Before that, the configured ``steps_m``.
+        """
+        density = self._density.get(shard)
+        per_m2 = sum(density[1][v] for v in vehicles) if density is not None else 0.0
+        if per_m2 <= 0:
+            return [*(s for s in self._steps if s < radius_m), radius_m]
+        wanted = _FIRST_STEP_DRIVERS_PER_RESULT * limit + _FIRST_STEP_EXTRA_DRIVERS
+        step = _GEOHASH_STEP_M
+        while step * step * math.pi * per_m2 < wanted and step < radius_m:
+            step *= 2
+        while step / 2 >= _FIRST_STEP_MIN_M and (step / 2) ** 2 * math.pi * per_m2 >= wanted:
+            step /= 2
+        steps = []
+        while step < radius_m:
+            steps.append(step)
+            step *= 2
+        steps.append(radius_m)
+        return steps
 
     async def _search(
         self,
@@ -600,8 +812,8 @@ class GeoIndex:
     ) -> tuple[list[_Hit], float]:
         """One step: fresh drivers within ``radius_m`` and the distance up to which they are all.
 
-        Returns the hits (deduplicated by driver) and the horizon: the smallest distance of the
-        last hit of a set that may hold more beyond it (``inf`` when none was truncated).
+        Returns the hits (one per driver) and the horizon: the smallest distance of the farthest
+        hit of a shard that may hold more beyond it (``inf`` when no shard was cut short).
         """
         # Redis refuses GEO centres beyond GEO_LAT_MAX: search those sets from the nearest
         # centre it accepts, with the radius grown by the gap, and without COUNT: the order
@@ -615,60 +827,77 @@ class GeoIndex:
             geo_radius = radius_m + gap if gap <= radius_m else -1.0
             geo_count = 0
         redis_radius = geo_radius * _REDIS_RADIUS_FACTOR + _REDIS_RADIUS_SLACK_M
-        argv_tail = (lng, geo_lat, redis_radius, geo_count, cutoff_ms)
-        calls: list[tuple[_Script, list[bytes], list[Any]]] = []
-        layouts: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        now = time.monotonic()
+        groups: list[_Group] = []
         for shard in shards_for_circle(lat, lng, radius_m):
             keys = _shard_keys(self._prefix, shard)
             geo = () if keys.all_polar or geo_radius < 0 else vehicles
             polar = vehicles if keys.is_polar else ()
             if not geo and not polar:
                 continue
-            script_keys = [
-                keys.seen,
-                *(keys.geo[v] for v in geo),
-                *(keys.polar[v] for v in polar),
-            ]
-            calls.append((_SEARCH, script_keys, [*argv_tail, len(geo)]))
-            layouts.append((geo, polar))
-        if not calls:
+            if self._cluster or not groups:
+                groups.append(_Group())
+            group = groups[-1]
+            group.keys.append(keys.seen)
+            group.keys.extend(keys.geo[v] for v in geo)
+            group.keys.extend(keys.polar[v] for v in polar)
+            group.layout.extend((len(geo), len(polar), *geo, *polar))
+            group.sets.extend((shard, v) for v in geo)
+            group.shards += 1
+        if not groups:
             return [], math.inf
+        # Learn the shards' density now and then, for the first step of later searches.
+        want_sizes = False
+        for group in groups:
+            for shard, _ in group.sets:
+                density = self._density.get(shard)
+                if density is None or now - density[0] > _DENSITY_EVERY_S:
+                    want_sizes = True
+        argv = [lng, geo_lat, redis_radius, geo_count, cutoff_ms, int(want_sizes)]
+        calls = [(_SEARCH, g.keys, [*argv, g.shards, *g.layout]) for g in groups]
         replies = await _run_scripts(self._redis, calls)
 
         best: dict[bytes, _Hit] = {}
         horizon = math.inf
-        for (geo, polar), reply in zip(layouts, replies, strict=True):
-            at = 0
-            for v in geo:
-                n, truncated = reply[at], reply[at + 1]
-                at += 2
-                farthest = 0.0
-                for _ in range(n):
-                    driver = reply[at]
-                    hit_lng, hit_lat = float(reply[at + 1]), float(reply[at + 2])
-                    distance = haversine_m(lat, lng, hit_lat, hit_lng)
-                    fix_ms = int(reply[at + 3])
-                    at += 4
-                    farthest = max(farthest, distance)
-                    if distance <= radius_m:
-                        _keep(best, (distance, driver, hit_lat, hit_lng, fix_ms, v))
-                # Redis ranked the set by its own distance, which orders as ours does up to
-                # float rounding: the farthest hit (not merely the last) bounds the unseen ones.
-                if truncated and farthest < horizon:
-                    horizon = farthest
-            for v in polar:
-                n = reply[at]
-                at += 1
-                for _ in range(n):
-                    driver = reply[at]
-                    raw_lat, _sep, raw_lng = reply[at + 1].partition(b",")
+        for reply, group in zip(replies, groups, strict=True):
+            truncated, geo_hits, polar_hits = reply[0], reply[1], reply[2]
+            farthest = 0.0
+            if geo_hits:
+                for line in geo_hits.split(b"\n"):
+                    raw_lng, raw_lat, raw_fix, raw_vehicle, driver = line.split(b" ", 4)
                     hit_lat, hit_lng = float(raw_lat), float(raw_lng)
-                    fix_ms = int(reply[at + 2])
-                    at += 3
+                    distance = haversine_m(lat, lng, hit_lat, hit_lng)
+                    if distance > farthest:
+                        farthest = distance
+                    if distance <= radius_m:
+                        hit = (distance, driver, hit_lat, hit_lng, int(raw_fix), int(raw_vehicle))
+                        _keep(best, hit)
+            # Redis ranked by its own distance, which orders as ours does up to float
+            # rounding: the farthest hit (not merely the last) bounds the ones left out.
+            if truncated and farthest < horizon:
+                horizon = farthest
+            if polar_hits:
+                for line in polar_hits.split(b"\n"):
+                    position, raw_fix, raw_vehicle, driver = line.split(b" ", 3)
+                    raw_lat, _, raw_lng = position.partition(b",")
+                    hit_lat, hit_lng = float(raw_lat), float(raw_lng)
                     distance = haversine_m(lat, lng, hit_lat, hit_lng)
                     if distance <= radius_m:
-                        _keep(best, (distance, driver, hit_lat, hit_lng, fix_ms, v))
+                        hit = (distance, driver, hit_lat, hit_lng, int(raw_fix), int(raw_vehicle))
+                        _keep(best, hit)
+            if want_sizes:
+                self._learn_density(group.sets, reply[3:], now)
         return list(best.values()), horizon
+
+    def _learn_density(
+        self, sets: Sequence[tuple[str, int]], sizes: Sequence[int], now: float
+    ) -> None:
+        """Records drivers per square metre of each (shard, vehicle) set that was sized."""
+        for (shard, vehicle), size in zip(sets, sizes, strict=True):
+            old = self._density.get(shard)
+            per_m2 = list(old[1]) if old is not None else [0.0] * len(VEHICLES)
+            per_m2[vehicle] = int(size) / cell_geometry(shard).area_m2
+            self._density[shard] = (now, tuple(per_m2))
 
     # --- presence ----------------------------------------------------------------------------
 
@@ -697,6 +926,11 @@ class GeoIndex:
                     # More stale drivers than one call takes: that shard goes round again.
                     pending.append(shard)
         return removed
+
+
+def _nearby(hit: _Hit) -> Nearby:
+    distance, driver, lat, lng, fix_ms, vehicle = hit
+    return Nearby(driver.decode(), lat, lng, distance, VEHICLES[vehicle], fix_ms)
 
 
 def _keep(best: dict[bytes, _Hit], hit: _Hit) -> None:
