@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
-from location_svc.store.drivers import DriverStore
+from location_svc.store.drivers import DriverStore, pack_position
 from location_svc.store.geo_index import GeoIndex, IndexEntry
 from location_svc.store.history import HistoryWriter
 
@@ -65,6 +65,9 @@ class Update:
     shard: str
     received_ms: int
     sink: AckSink | None = None
+    #: The shard of this fix's position (indexed or not) and of the previous position.
+    pos_shard: str = ""
+    previous_pos_shard: str = ""
 
 
 @dataclass
@@ -131,18 +134,30 @@ class Ingest:
         pipe = self.redis.pipeline(transaction=False)
         stored: list[Update] = []
         watched = self._watched
+        positions: list[tuple[str, bytes, str, str, str, str]] = []
+        entries: list[tuple[IndexEntry, str | None]] = []
         for update in batch:
             fix = update.fix
-            packed = self.drivers.queue_position(
-                pipe, update.driver_id, fix, update.shard, update.received_ms
+            packed = pack_position(fix, update.received_ms)
+            positions.append(
+                (
+                    update.driver_id,
+                    packed,
+                    update.pos_shard,
+                    update.previous_pos_shard,
+                    update.shard,
+                    update.previous_shard,
+                )
             )
             if update.shard:
-                self.index.queue_upsert(
-                    pipe,
-                    IndexEntry(
-                        update.driver_id, fix.lat, fix.lng, update.vehicle, fix.device_time_ms
-                    ),
-                    update.previous_shard or None,
+                # Presence is judged by the server's clock, not the phone's.
+                entries.append(
+                    (
+                        IndexEntry(
+                            update.driver_id, fix.lat, fix.lng, update.vehicle, update.received_ms
+                        ),
+                        update.previous_shard or None,
+                    )
                 )
             elif update.previous_shard:
                 # Busy or offline drivers are not dispatchable: out of the index at once.
@@ -151,6 +166,8 @@ class Ingest:
                 pipe.publish(POSITION_CHANNEL.format(update.driver_id), packed)
                 self.stats.published += 1
             stored.append(update)
+        self.drivers.queue_positions(pipe, positions)
+        self.index.queue_upserts(pipe, entries)
         try:
             await pipe.execute()
         except Exception as exc:

@@ -7,12 +7,19 @@ import contextlib
 import logging
 
 from delivery.location.v1 import location_service_pb2, location_service_pb2_grpc
+from location_svc.arrivals import build_arrivals
 from location_svc.ingest import Ingest
 from location_svc.service import LocationPolicy, LocationService
 from location_svc.store.drivers import DriverStore
 from location_svc.store.geo_index import GeoIndex
 from location_svc.store.history import HistoryWriter
-from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
+from mesh.server import (
+    MeshServer,
+    ServiceBinding,
+    build_mesh_server,
+    consumer_name,
+    run_service,
+)
 from mesh.settings import Settings
 from mesh.stores import Stores
 
@@ -55,7 +62,9 @@ async def build_server(
     index = GeoIndex(stores.redis, presence_ttl_s=policy.presence_ttl_s)
     drivers = DriverStore(stores.redis, stores.pool)
     history = HistoryWriter(stores.pool)
-    ingest = Ingest(stores.redis, index, drivers, history)
+    # Arrivals: fences of active orders (fed by order events), checked on every stored fix.
+    _, arrivals, arrival_workers = build_arrivals(stores.redis, consumer_name=consumer_name())
+    ingest = Ingest(stores.redis, index, drivers, history, on_stored=arrivals.on_stored)
     service = LocationService(stores.redis, drivers, index, ingest, history, policy)
     binding = ServiceBinding(
         SERVICE_NAME, service, location_service_pb2_grpc.add_LocationServiceServicer_to_server
@@ -66,6 +75,8 @@ async def build_server(
     server.add_worker(ingest.run, ingest.stop)
     server.add_worker(history.run, history.stop)
     server.add_worker(sweeper.run, sweeper.stop)
+    for run, stop in arrival_workers:
+        server.add_worker(run, stop)
     return server
 
 

@@ -57,7 +57,7 @@ class LocationPolicy:
     #: How long a watch registration lasts without renewal, in seconds.
     watch_ttl_s: float = 30.0
     #: The least time between two acks on one stream, in seconds.
-    ack_spacing_s: float = 0.1
+    ack_spacing_s: float = 1.0
 
 
 class StreamSession:
@@ -69,6 +69,7 @@ class StreamSession:
         "dropped",
         "last",
         "last_drop",
+        "pos_shard",
         "shard",
         "sink",
         "status",
@@ -81,6 +82,7 @@ class StreamSession:
         self.vehicle = record.vehicle
         self.last: Fix | None = record.last
         self.shard = record.shard
+        self.pos_shard = record.pos_shard
         self.accepted = 0
         self.dropped = 0
         self.last_drop: DropReason | None = None
@@ -132,9 +134,10 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             return
         session.last = fix
         session.accepted += 1
-        previous = session.shard
-        shard = shard_of(fix.lat, fix.lng) if session.status is DriverStatus.AVAILABLE else ""
-        session.shard = shard
+        previous, previous_pos = session.shard, session.pos_shard
+        pos_shard = shard_of(fix.lat, fix.lng)
+        shard = pos_shard if session.status is DriverStatus.AVAILABLE else ""
+        session.shard, session.pos_shard = shard, pos_shard
         self._ingest.submit(
             Update(
                 session.driver_id,
@@ -145,6 +148,8 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                 shard,
                 now_ms,
                 session.sink,
+                pos_shard,
+                previous_pos,
             )
         )
 
@@ -253,7 +258,8 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             self._history.add(_history_row(record.driver_id, fix, received, backfilled=False))
         if live:
             fix = live[-1]
-            shard = shard_of(fix.lat, fix.lng) if record.status is DriverStatus.AVAILABLE else ""
+            pos_shard = shard_of(fix.lat, fix.lng)
+            shard = pos_shard if record.status is DriverStatus.AVAILABLE else ""
             await self._ingest.submit(
                 Update(
                     record.driver_id,
@@ -263,6 +269,9 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                     record.shard,
                     shard,
                     now_ms,
+                    None,
+                    pos_shard,
+                    record.pos_shard,
                 )
             )
         return location_service_pb2.ReportLocationsResponse(
@@ -322,7 +331,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             last = record.last
             shard = self._index.queue_upsert(
                 pipe,
-                IndexEntry(driver_id, last.lat, last.lng, vehicle, last.device_time_ms),
+                IndexEntry(driver_id, last.lat, last.lng, vehicle, record.received_ms),
                 None,
             )
         await pipe.execute()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -222,6 +224,12 @@ def build_mesh_server(
     )
     interceptor = MeshInterceptor(sessions, public_methods)
     return build_grpc_server(settings.server, bindings, [interceptor], interceptor.gate)
+
+
+def consumer_name() -> str:
+    """A name for this process in Redis consumer groups that survives a restart on the same
+    host (``DELIVERY_INSTANCE`` overrides it, e.g. with a pod name)."""
+    return os.environ.get("DELIVERY_INSTANCE") or socket.gethostname()
 
 
 def run_main(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -13,9 +13,16 @@ from delivery.order.v1 import (
     order_service_pb2_grpc,
 )
 from mesh.auth import SessionStore
-from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
+from mesh.server import (
+    MeshServer,
+    ServiceBinding,
+    build_mesh_server,
+    consumer_name,
+    run_service,
+)
 from mesh.settings import Settings, env_bool
 from mesh.stores import Stores
+from order_svc.arrival_notifications import build_arrival_notifier
 from order_svc.domain.accounts import Passwords
 from order_svc.merchant_service import MerchantService
 from order_svc.order_service import OrderPolicy, OrderService
@@ -76,6 +83,8 @@ async def build_server(
         ),
     ]
     server = build_mesh_server(settings, stores, bindings, public_methods=PUBLIC_METHODS)
+    # Arrival events from location_svc become notifications for every party of the order.
+    server.add_worker(*build_arrival_notifier(stores.pool, stores.redis, consumer_name()))
     if relay:
         # The outbox relay runs beside the API; `python -m order_svc.relay` runs more of them.
         relay_settings = RelaySettings.from_env(os.environ)

@@ -25,11 +25,18 @@ class DriverRecord:
     last: Fix | None
     #: The shard the driver is indexed under (empty if none).
     shard: str
+    #: The shard whose position hash holds the driver's position (empty if none yet).
+    pos_shard: str
     #: When the newest fix was received, in ms since the epoch.
     received_ms: int
     #: Whether a StreamLocation stream is open; ``None`` if the driver never opened one
     #: (a gRPC-web client reporting with ReportLocations).
     stream_open: bool | None
+
+
+def position_key(shard: str) -> str:
+    """The hash of positions of every driver last seen in ``shard`` (field: driver id)."""
+    return f"loc:{{{shard}}}:pos"
 
 
 def pack_position(fix: Fix, received_ms: int) -> bytes:
@@ -72,14 +79,18 @@ class DriverStore:
         fields: dict[bytes, bytes] = await self._redis.hgetall(driver_key(driver_id))  # type: ignore[assignment]
         if fields and b"st" in fields:
             last, received = (None, 0)
-            if b"pos" in fields:
-                last, received = unpack_position(fields[b"pos"])
+            pos_shard = fields.get(b"ps", b"").decode()
+            if pos_shard:
+                packed = await self._redis.hget(position_key(pos_shard), driver_id)
+                if packed is not None:
+                    last, received = unpack_position(bytes(packed))  # type: ignore[arg-type]
             return DriverRecord(
                 driver_id=driver_id,
                 status=DriverStatus(fields[b"st"].decode()),
                 vehicle=fields.get(b"veh", b"bicycle").decode(),
                 last=last,
                 shard=fields.get(b"sh", b"").decode(),
+                pos_shard=pos_shard,
                 received_ms=received,
                 stream_open=None if b"so" not in fields else fields[b"so"] == b"1",
             )
@@ -92,7 +103,7 @@ class DriverStore:
             driver_key(driver_id), mapping={"st": row["status"], "veh": row["vehicle_type"]}
         )
         return DriverRecord(
-            driver_id, DriverStatus(row["status"]), row["vehicle_type"], None, "", 0, None
+            driver_id, DriverStatus(row["status"]), row["vehicle_type"], None, "", "", 0, None
         )
 
     async def set_status(
@@ -114,11 +125,27 @@ class DriverStore:
         await self._redis.hset(driver_key(driver_id), mapping=fields)  # type: ignore[arg-type]
         return updated if isinstance(updated, datetime) else datetime.now(UTC)
 
-    def queue_position(self, pipe: object, driver_id: str, fix: Fix, shard: str, rx: int) -> bytes:
-        """Appends the position write to a pipeline; returns the packed position."""
-        packed = pack_position(fix, rx)
-        pipe.hset(driver_key(driver_id), mapping={"pos": packed, "sh": shard})  # type: ignore[attr-defined]
-        return packed
+    def queue_positions(
+        self, pipe: object, items: list[tuple[str, bytes, str, str, str, str]]
+    ) -> None:
+        """Queues position writes, one HSET per shard for the whole tick.
+
+        Each item is ``(driver_id, packed, pos_shard, previous_pos_shard, index_shard,
+        previous_index_shard)``. Positions live in a hash per shard (``loc:{<shard>}:pos``), so
+        a tick's fixes cost one command per shard rather than one per driver; the driver's
+        own hash changes only when a shard does.
+        """
+        by_shard: dict[str, list[bytes | str]] = {}
+        for driver_id, packed, shard, previous, index_shard, previous_index in items:
+            by_shard.setdefault(shard, []).extend((driver_id, packed))
+            if shard != previous or index_shard != previous_index:
+                if previous and previous != shard:
+                    pipe.hdel(position_key(previous), driver_id)  # type: ignore[attr-defined]
+                pipe.hset(  # type: ignore[attr-defined]
+                    driver_key(driver_id), mapping={"ps": shard, "sh": index_shard}
+                )
+        for shard, args in by_shard.items():
+            pipe.execute_command("HSET", position_key(shard), *args)  # type: ignore[attr-defined]
 
     async def set_shard(self, driver_id: str, shard: str) -> None:
         """Records which shard the driver is indexed under (empty: none)."""

@@ -712,6 +712,44 @@ class GeoIndex:
             self._announced[shard] = now
         return shard
 
+    def queue_upserts(self, pipe: Any, batch: Sequence[tuple[IndexEntry, str | None]]) -> list[str]:
+        """:meth:`queue_upsert` for many drivers at once; returns each one's shard.
+
+        The GPS hot path: drivers that stay in their shard (nearly all of them, every tick)
+        share one ZADD per shard and one GEOADD per shard and vehicle, instead of two commands
+        each. Moves between shards, vehicle changes and polar positions take the one-by-one
+        path.
+        """
+        seen: dict[bytes, list[Any]] = {}
+        geo: dict[bytes, list[Any]] = {}
+        shards: list[str] = []
+        for entry, previous_shard in batch:
+            shard = shard_of(entry.lat, entry.lng)
+            keys = _shard_keys(self._prefix, shard)
+            vehicle = _VEHICLE_INDEX.get(entry.vehicle)
+            if (
+                vehicle is None
+                or keys.is_polar
+                or (previous_shard and previous_shard != shard)
+                or "\n" in entry.driver_id
+            ):
+                shards.append(self.queue_upsert(pipe, entry, previous_shard))
+                continue
+            seen.setdefault(keys.seen, []).extend((entry.fix_time_ms, entry.driver_id))
+            geo.setdefault(keys.geo[vehicle], []).extend((entry.lng, entry.lat, entry.driver_id))
+            shards.append(shard)
+        # Presence first, as in queue_upsert: a reader sees a driver fresh or not at all.
+        for key, args in seen.items():
+            pipe.execute_command("ZADD", key, *args)
+        for key, args in geo.items():
+            pipe.execute_command("GEOADD", key, *args)
+        now = time.monotonic()
+        for shard in set(shards):
+            if now - self._announced.get(shard, -_ANNOUNCE_EVERY_S) >= _ANNOUNCE_EVERY_S:
+                pipe.execute_command("SADD", self._shards_key, shard)
+                self._announced[shard] = now
+        return shards
+
     def queue_remove(self, pipe: Any, driver_id: str, shard: str) -> None:
         """Queues taking a driver (gone busy or offline, or moved away) out of ``shard``."""
         keys = _shard_keys(self._prefix, shard)
