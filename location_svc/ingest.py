@@ -136,6 +136,7 @@ class Ingest:
         watched = self._watched
         positions: list[tuple[str, bytes, str, str, str, str]] = []
         entries: list[tuple[IndexEntry, str | None]] = []
+        entry_shards: list[str] = []
         for update in batch:
             fix = update.fix
             packed = pack_position(fix, update.received_ms)
@@ -159,6 +160,7 @@ class Ingest:
                         update.previous_shard or None,
                     )
                 )
+                entry_shards.append(update.shard)
             elif update.previous_shard:
                 # Busy or offline drivers are not dispatchable: out of the index at once.
                 self.index.queue_remove(pipe, update.driver_id, update.previous_shard)
@@ -167,7 +169,7 @@ class Ingest:
                 self.stats.published += 1
             stored.append(update)
         self.drivers.queue_positions(pipe, positions)
-        self.index.queue_upserts(pipe, entries)
+        self.index.queue_upserts(pipe, entries, entry_shards)
         try:
             await pipe.execute()
         except Exception as exc:

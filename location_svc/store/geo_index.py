@@ -712,19 +712,26 @@ class GeoIndex:
             self._announced[shard] = now
         return shard
 
-    def queue_upserts(self, pipe: Any, batch: Sequence[tuple[IndexEntry, str | None]]) -> list[str]:
+    def queue_upserts(
+        self,
+        pipe: Any,
+        batch: Sequence[tuple[IndexEntry, str | None]],
+        shards: Sequence[str] | None = None,
+    ) -> list[str]:
         """:meth:`queue_upsert` for many drivers at once; returns each one's shard.
 
         The GPS hot path: drivers that stay in their shard (nearly all of them, every tick)
         share one ZADD per shard and one GEOADD per shard and vehicle, instead of two commands
         each. Moves between shards, vehicle changes and polar positions take the one-by-one
-        path.
+        path. ``shards``, when given, holds each entry's :func:`shard_of`.
         """
         seen: dict[bytes, list[Any]] = {}
         geo: dict[bytes, list[Any]] = {}
-        shards: list[str] = []
-        for entry, previous_shard in batch:
-            shard = shard_of(entry.lat, entry.lng)
+        known = shards
+        shards = []
+        for i, (entry, previous_shard) in enumerate(batch):
+            # The caller usually knows each entry's shard already (it filed the fix by it).
+            shard = known[i] if known is not None else shard_of(entry.lat, entry.lng)
             keys = _shard_keys(self._prefix, shard)
             vehicle = _VEHICLE_INDEX.get(entry.vehicle)
             if (

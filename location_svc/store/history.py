@@ -34,7 +34,7 @@ class HistoryWriter:
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, *, flush_interval_s: float = 0.25, max_rows: int = 20_000
+        self, pool: asyncpg.Pool, *, flush_interval_s: float = 0.5, max_rows: int = 50_000
     ) -> None:
         self._pool = pool
         self._interval = flush_interval_s
