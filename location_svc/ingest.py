@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
@@ -121,7 +121,12 @@ class Ingest:
             if time.monotonic() >= refresh_at:
                 await self._refresh_watched()
                 refresh_at = time.monotonic() + 1.0
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                # One bad tick must never stop ingest for every driver of this instance.
+                self.stats.errors += 1
+                logger.exception("an ingest tick failed")
 
     async def flush(self) -> None:
         """Writes everything queued in one pipeline and wakes the streams waiting on it."""
@@ -137,6 +142,7 @@ class Ingest:
         positions: list[tuple[str, bytes, str, str, str, str]] = []
         entries: list[tuple[IndexEntry, str | None]] = []
         entry_shards: list[str] = []
+        publishes: list[tuple[str, bytes]] = []
         for update in batch:
             fix = update.fix
             packed = pack_position(fix, update.received_ms)
@@ -165,13 +171,21 @@ class Ingest:
                 # Busy or offline drivers are not dispatchable: out of the index at once.
                 self.index.queue_remove(pipe, update.driver_id, update.previous_shard)
             if update.driver_id in watched:
-                pipe.publish(POSITION_CHANNEL.format(update.driver_id), packed)
-                self.stats.published += 1
+                publishes.append((POSITION_CHANNEL.format(update.driver_id), packed))
             stored.append(update)
         self.drivers.queue_positions(pipe, positions)
         self.index.queue_upserts(pipe, entries, entry_shards)
         try:
-            await pipe.execute()
+            if isinstance(self.redis, RedisCluster):
+                # A cluster pipeline refuses PUBLISH (it is not a keyed command): publish
+                # once the positions are stored, beside the pipeline.
+                await pipe.execute()
+                await asyncio.gather(*(self.redis.publish(c, m) for c, m in publishes))
+            else:
+                for channel, message in publishes:
+                    pipe.publish(channel, message)
+                await pipe.execute()
+            self.stats.published += len(publishes)
         except Exception as exc:
             # Redis is down or failing: the fixes are not stored, so nobody is acked; the
             # streams' apps resend (their ack never came) and the next tick tries again.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 
 import grpc
 from google.protobuf import duration_pb2
@@ -25,8 +27,8 @@ from delivery.order.v1 import (
 )
 from mesh.auth import Role, SessionStore, service_token
 from mesh.geo import EARTH_RADIUS_M
-from mesh.settings import Settings
-from mesh.stores import Stores
+from mesh.settings import Settings, StoreSettings
+from mesh.stores import Stores, open_stores
 from mesh.testing import bearer
 
 
@@ -65,6 +67,23 @@ def north(point: common_pb2.LatLng, metres: float) -> common_pb2.LatLng:
     return common_pb2.LatLng(
         latitude=point.latitude + math.degrees(metres / EARTH_RADIUS_M), longitude=point.longitude
     )
+
+
+@contextlib.asynccontextmanager
+async def on_redis(
+    store_settings: StoreSettings, stores: Stores, redis_url: str | None
+) -> AsyncIterator[tuple[StoreSettings, Stores]]:
+    """The test database with the Redis at ``redis_url`` (a ``redis+cluster://`` URL selects
+    Redis Cluster), or the stores as they are if ``redis_url`` is None.
+
+    Sessions live in Redis: servers that share callers must be built on the same one.
+    """
+    if redis_url is None:
+        yield store_settings, stores
+        return
+    settings = replace(store_settings, redis_url=redis_url)
+    async with open_stores(settings, postgres=False) as opened:
+        yield settings, Stores(pool=stores.pool, redis=opened.redis)
 
 
 class Market:

@@ -22,7 +22,7 @@ from mesh.settings import StoreSettings
 from mesh.stores import Stores
 from mesh.testing import serving, settings_for_test
 from order_svc.server import build_server as build_order
-from tests.integration.marketplace import Caller, Market, details
+from tests.integration.marketplace import Caller, Market, details, on_redis
 
 TTL_S = 2.0
 
@@ -34,23 +34,38 @@ class World:
     stores: Stores
 
 
+@pytest.fixture(params=["single", "cluster"])
+def cluster_url(request: pytest.FixtureRequest) -> str | None:
+    """None for the single Redis, then the URL of the real 3-master Redis Cluster."""
+    return request.getfixturevalue("redis_cluster_url") if request.param == "cluster" else None
+
+
 @pytest.fixture
-async def world(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[World]:
-    order_settings = settings_for_test("order", store_settings)
-    location_settings = settings_for_test("location", store_settings)
+async def world(
+    store_settings: StoreSettings, stores: Stores, cluster_url: str | None
+) -> AsyncIterator[World]:
+    """order_svc (it signs people up) and location_svc on the test database and one Redis.
 
-    async def build(settings, stores):
-        return await build_location(settings, stores, policy=LocationPolicy(presence_ttl_s=TTL_S))
+    Sessions live in Redis, so both servers use the same one: the single Redis, or the cluster.
+    """
+    async with on_redis(store_settings, stores, cluster_url) as (store_settings, stores):
+        order_settings = settings_for_test("order", store_settings)
+        location_settings = settings_for_test("location", store_settings)
 
-    async with (
-        serving(build_order, order_settings, stores) as (_, order_channel),
-        serving(build, location_settings, stores) as (_, location_channel),
-    ):
-        yield World(
-            Market(order_channel, stores, order_settings),
-            location_service_pb2_grpc.LocationServiceStub(location_channel),
-            stores,
-        )
+        async def build(settings, stores):
+            return await build_location(
+                settings, stores, policy=LocationPolicy(presence_ttl_s=TTL_S)
+            )
+
+        async with (
+            serving(build_order, order_settings, stores) as (_, order_channel),
+            serving(build, location_settings, stores) as (_, location_channel),
+        ):
+            yield World(
+                Market(order_channel, stores, order_settings),
+                location_service_pb2_grpc.LocationServiceStub(location_channel),
+                stores,
+            )
 
 
 def _spot() -> tuple[float, float]:
