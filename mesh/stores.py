@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from mesh.settings import StoreSettings
 
@@ -65,7 +65,13 @@ def make_redis(settings: StoreSettings) -> Redis:
         )
         # RedisCluster speaks the same command API; typing it as Redis keeps callers simple.
         return cluster  # type: ignore[return-value]
-    return Redis.from_url(url, max_connections=settings.redis_max_connections)
+    # A blocking pool: a burst (thousands of GPS streams reconnecting at once) waits briefly
+    # for a connection instead of failing calls with "too many connections".
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=10
+    )
+    # from_pool: closing the client closes its pool too.
+    return Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager
