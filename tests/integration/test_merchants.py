@@ -6,15 +6,12 @@ import math
 import random
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from delivery.common.v1 import common_pb2
 from delivery.order.v1 import (
@@ -31,16 +28,10 @@ from mesh.stores import Stores
 from mesh.testing import bearer, serving, settings_for_test
 from order_svc.server import build_server
 from order_svc.store.merchants import MerchantStore
+from tests.integration.marketplace import Caller
+from tests.integration.marketplace import details as _details
 
 M = TypeVar("M", bound=Message)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """A signed-in user: their id and call metadata."""
-
-    user_id: str
-    metadata: tuple[tuple[str, str], ...]
 
 
 @pytest.fixture
@@ -79,22 +70,6 @@ async def _admin(stores: Stores, store_settings: StoreSettings) -> Caller:
     settings = settings_for_test("order", store_settings)
     sessions = SessionStore(stores.redis, ttl_s=600, service_secret=settings.auth.service_secret)
     return Caller(user_id, bearer(await sessions.create(user_id, Role.ADMIN)))
-
-
-def _details(err: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "the error carries no google.rpc.Status"
-    reason, fields = "", []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields = [v.field for v in bad.field_violations]
-    return reason, fields
 
 
 def _set(message: M, **fields: object) -> M:
