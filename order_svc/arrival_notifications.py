@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from redis.asyncio import Redis
 
 from delivery.location.v1 import location_events_pb2
 from mesh.events import Event, EventConsumer, stream_for
+from mesh.ids import canonical_uuid
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,6 @@ SELECT DISTINCT r.recipient, c.resource_id, $7, $8, $9, $10::jsonb
 """
 
 
-def _uuid(value: str) -> str | None:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
-
-
 class ArrivalNotifier:
     """The handler of the location event stream's arrival events."""
 
@@ -130,7 +123,7 @@ class ArrivalNotifier:
             self.skipped += 1
             return
         message = MESSAGES.get(arrival.type)
-        order_id, driver_id = _uuid(arrival.order_id), _uuid(arrival.driver_id)
+        order_id, driver_id = canonical_uuid(arrival.order_id), canonical_uuid(arrival.driver_id)
         if message is None or order_id is None or driver_id is None:
             logger.warning(
                 "dropping an arrival event that names no known type, order or courier",

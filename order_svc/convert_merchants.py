@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import math
@@ -15,6 +13,7 @@ from google.protobuf.message import Message
 from delivery.common.v1 import common_pb2
 from delivery.order.v1 import merchant_pb2
 from mesh.errors import FieldViolation, InvalidArgument
+from mesh.ids import canonical_uuid, decode_page_token, encode_page_token
 from order_svc.convert import timestamp
 from order_svc.domain.menus import HandoffPolicy, MenuItem, Merchant
 from order_svc.domain.merchants import (
@@ -23,7 +22,6 @@ from order_svc.domain.merchants import (
     NearbyQuery,
     OptionGroupInput,
     OptionInput,
-    canonical_id,
 )
 
 HANDOFF_FROM_PROTO = {
@@ -155,15 +153,14 @@ def _bad_token(description: str = "is not a page token of this query") -> Invali
 
 
 def _encode(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return encode_page_token(json.dumps(payload, separators=(",", ":")))
 
 
 def _decode(token: str) -> dict[str, Any]:
+    raw = decode_page_token(token)
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
-    except (binascii.Error, ValueError):
+        payload = json.loads(raw) if raw is not None else None
+    except ValueError:
         raise _bad_token("is malformed") from None
     if not isinstance(payload, dict):
         raise _bad_token("is malformed")
@@ -185,7 +182,7 @@ def merchant_cursor(query: NearbyQuery, token: str) -> tuple[float, str] | None:
         raise _bad_token()
     if not isinstance(distance, int | float) or not math.isfinite(distance):
         raise _bad_token("is malformed")
-    key = canonical_id(merchant_id) if isinstance(merchant_id, str) else None
+    key = canonical_uuid(merchant_id) if isinstance(merchant_id, str) else None
     if key is None:
         raise _bad_token("is malformed")
     return float(distance), key
@@ -208,7 +205,7 @@ def menu_cursor(merchant_id: str, available_only: bool, token: str) -> tuple[str
     name, item_id = payload.get("n"), payload.get("id")
     if payload.get("q") != _menu_query(merchant_id, available_only):
         raise _bad_token()
-    key = canonical_id(item_id) if isinstance(item_id, str) else None
+    key = canonical_uuid(item_id) if isinstance(item_id, str) else None
     if not isinstance(name, str) or key is None:
         raise _bad_token("is malformed")
     return name, key

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +11,7 @@ from google.protobuf import duration_pb2
 from delivery.common.v1 import common_pb2
 from delivery.order.v1 import merchant_pb2, order_events_pb2, order_pb2
 from mesh.errors import FieldViolation, InvalidArgument
+from mesh.ids import decode_page_token, encode_page_token
 from order_svc.convert import timestamp
 from order_svc.domain.orders import Action, Order, OrderStatus
 from order_svc.domain.pricing import PricedLine
@@ -231,18 +230,14 @@ def notification_to_proto(n: Notification) -> order_pb2.Notification:
 def encode_token(*parts: object) -> str:
     """An opaque page token for a keyset cursor."""
     raw = "\x1f".join(p.isoformat() if isinstance(p, datetime) else str(p) for p in parts)
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_page_token(raw)
 
 
 def decode_token(token: str, arity: int) -> list[str] | None:
     """The cursor parts of ``token`` (``None`` for an empty token); INVALID_ARGUMENT if bad."""
     if not token:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raw = ""
-    parts = raw.split("\x1f")
+    parts = (decode_page_token(token) or "").split("\x1f")
     if len(parts) != arity:
         raise InvalidArgument(FieldViolation("page_token", "is not a token this API issued"))
     return parts

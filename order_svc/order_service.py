@@ -31,6 +31,7 @@ from mesh.errors import (
     Validator,
 )
 from mesh.geo import validate_location
+from mesh.ids import canonical_uuid
 from order_svc.convert_orders import (
     STATUS_FROM_PROTO,
     decode_token,
@@ -101,11 +102,8 @@ def _now() -> datetime:
 
 def _check_id(value: str, field: str) -> str:
     # Only the canonical form: uuid.UUID also takes braces and urn: prefixes PostgreSQL refuses.
-    try:
-        canonical = str(uuid.UUID(value))
-    except ValueError:
-        canonical = ""
-    if canonical != value.lower() or len(value) != 36:
+    canonical = canonical_uuid(value)
+    if canonical is None or canonical != value.lower():
         raise InvalidArgument(FieldViolation(field, "must be an id this API issued"))
     return canonical
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,6 +11,7 @@ from redis.asyncio import Redis
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
 from location_svc.store.geo_index import driver_key
+from mesh.ids import canonical_uuid
 
 
 @dataclass(slots=True)
@@ -56,14 +56,6 @@ def unpack_position(raw: bytes) -> tuple[Fix, int]:
     )
 
 
-def _valid_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 class DriverStore:
     """Reads and writes driver state; the Redis hash is a cache PostgreSQL can rebuild."""
 
@@ -73,7 +65,7 @@ class DriverStore:
 
     async def load(self, driver_id: str) -> DriverRecord | None:
         """The driver's state, seeded from PostgreSQL when Redis has none; ``None`` if unknown."""
-        if not _valid_uuid(driver_id):
+        if canonical_uuid(driver_id) is None:
             return None
         # The client returns bytes (decode_responses=False); typed stubs allow str too.
         fields: dict[bytes, bytes] = await self._redis.hgetall(driver_key(driver_id))  # type: ignore[assignment]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mesh.auth import Principal, Role
 from mesh.errors import FieldViolation, InvalidArgument, PermissionDenied, Validator
 from mesh.geo import validate_location
+from mesh.ids import canonical_uuid
 from order_svc.domain.menus import HandoffPolicy, MenuItem, Merchant, Option, OptionGroup
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -83,14 +83,6 @@ class MenuItemInput:
     price: MoneyInput | None
     available: bool
     option_groups: tuple[OptionGroupInput, ...]
-
-
-def canonical_id(value: str) -> str | None:
-    """The canonical text of a UUID, or ``None`` if ``value`` is not one."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
 
 
 def check_request_id(v: Validator, request_id: str) -> None:
@@ -166,11 +158,11 @@ def resolve_owner(caller: Principal, owner_user_id: str) -> str:
             raise InvalidArgument(
                 FieldViolation("owner_user_id", "is required when an admin creates a merchant")
             )
-        owner = canonical_id(owner_user_id)
+        owner = canonical_uuid(owner_user_id)
         if owner is None:
             raise InvalidArgument(FieldViolation("owner_user_id", "must be a user id"))
         return owner
-    if owner_user_id and canonical_id(owner_user_id) != caller.subject:
+    if owner_user_id and canonical_uuid(owner_user_id) != caller.subject:
         raise PermissionDenied(
             "a merchant can only create merchants it owns itself", reason="OWNER_NOT_SELF"
         )
@@ -220,7 +212,7 @@ def _check_id(v: Validator, value: str, field: str, seen: set[str]) -> str:
     """The canonical form of an optional id; records malformed and repeated ids."""
     if not value:
         return ""
-    canonical = canonical_id(value)
+    canonical = canonical_uuid(value)
     if not v.check(canonical is not None, field, "must be empty or an id the server assigned"):
         return ""
     assert canonical is not None
@@ -303,7 +295,7 @@ def validate_menu_item(
     v = Validator()
     item_id = ""
     if item.id:
-        item_id = canonical_id(item.id) or ""
+        item_id = canonical_uuid(item.id) or ""
         v.check(
             bool(item_id), f"{field}.menu_item_id", "must be empty or an id the server assigned"
         )

@@ -7,12 +7,12 @@ when the order is placed, and is copied onto the order so later menu edits do no
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mesh.errors import FailedPrecondition, Validator
 from mesh.geo import haversine_m, validate_location
+from mesh.ids import canonical_uuid
 from order_svc.domain.menus import MenuItem, Merchant
 
 MAX_LINES = 50
@@ -105,14 +105,6 @@ class PricedOrder:
     distance_m: float
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def validate_order_input(order: OrderInput) -> None:
     """Checks the request's shape; every bad field is reported at once as INVALID_ARGUMENT."""
     v = Validator()
@@ -121,11 +113,15 @@ def validate_order_input(order: OrderInput) -> None:
         "request_id",
         f"is required (1 to {MAX_REQUEST_ID} characters) so a retry cannot order twice",
     )
-    v.check(_is_uuid(order.merchant_id), "merchant_id", "must be a merchant id")
+    v.check(canonical_uuid(order.merchant_id) is not None, "merchant_id", "must be a merchant id")
     if v.check(bool(order.lines), "items", "must hold at least one item"):
         v.check(len(order.lines) <= MAX_LINES, "items", f"must hold at most {MAX_LINES} lines")
     for i, line in enumerate(order.lines[:MAX_LINES]):
-        v.check(_is_uuid(line.menu_item_id), f"items[{i}].menu_item_id", "must be a menu item id")
+        v.check(
+            canonical_uuid(line.menu_item_id) is not None,
+            f"items[{i}].menu_item_id",
+            "must be a menu item id",
+        )
         v.check(
             1 <= line.quantity <= MAX_QUANTITY,
             f"items[{i}].quantity",

@@ -10,8 +10,9 @@ import asyncpg
 
 from mesh.errors import Aborted, FieldViolation, InvalidArgument, NotFound
 from mesh.geo import EARTH_RADIUS_M, bounding_box, cell
+from mesh.ids import canonical_uuid
 from order_svc.domain.menus import HandoffPolicy, MenuItem, Merchant, Option, OptionGroup
-from order_svc.domain.merchants import NewMerchant, canonical_id
+from order_svc.domain.merchants import NewMerchant
 
 #: The H3 resolution of ``merchants.h3_cell`` (about 1.4 km edges).
 H3_RES = 7
@@ -234,7 +235,7 @@ class MerchantStore:
 
     async def get(self, merchant_id: str) -> Merchant | None:
         """The merchant with ``merchant_id``; ``None`` if there is none or the id is malformed."""
-        key = canonical_id(merchant_id)
+        key = canonical_uuid(merchant_id)
         if key is None:
             return None
         row = await self._pool.fetchrow(
@@ -244,7 +245,7 @@ class MerchantStore:
 
     async def set_open(self, merchant_id: str, is_open: bool) -> Merchant:
         """Opens or closes a merchant; NOT_FOUND if there is none."""
-        key = canonical_id(merchant_id)
+        key = canonical_uuid(merchant_id)
         row = None
         if key is not None:
             row = await self._pool.fetchrow(
@@ -335,7 +336,7 @@ class MerchantStore:
         after: tuple[str, str] | None = None,
     ) -> list[MenuItem]:
         """A merchant's menu items ordered by name (then id), after the ``(name, id)`` cursor."""
-        key = canonical_id(merchant_id)
+        key = canonical_uuid(merchant_id)
         if key is None:
             return []
         after_name, after_id = after if after else (None, None)
@@ -360,8 +361,8 @@ async def menu_items_for_order(
     merchant's are absent. ``conn_or_pool`` is an asyncpg connection (say, inside the caller's
     transaction) or pool.
     """
-    merchant_key = canonical_id(merchant_id)
-    wanted = {given: canonical_id(given) for given in item_ids}
+    merchant_key = canonical_uuid(merchant_id)
+    wanted = {given: canonical_uuid(given) for given in item_ids}
     keys = sorted({k for k in wanted.values() if k is not None})
     if merchant_key is None or not keys:
         return {}
