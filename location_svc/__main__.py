@@ -1,6 +1,6 @@
-"""``python -m location_svc`` runs location_svc."""
+"""``python -m location_svc`` runs location_svc (``DELIVERY_LOCATION_WORKERS`` processes)."""
 
 from location_svc.server import main
-from mesh.server import run_main
+from mesh.workers import serve
 
-run_main(main)
+serve("location", "location_svc", main)

@@ -129,6 +129,11 @@ class ServerSettings:
     max_concurrent_streams: int = 1000
     #: HTTP/2 keepalive for mobile clients.
     keepalive: KeepaliveSettings = field(default_factory=KeepaliveSettings)
+    #: Processes serving this service on one port (SO_REUSEPORT spreads the connections);
+    #: more than one only where the service supports it (see ``mesh.workers``).
+    workers: int = 1
+    #: This process is one of several sharing the port (set by the supervisor, not by hand).
+    reuse_port: bool = False
 
     def server_options(self) -> list[tuple[str, int]]:
         """The grpc channel arguments for a server with these settings."""
@@ -136,7 +141,9 @@ class ServerSettings:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
-            ("grpc.so_reuseport", 0),
+            # Off unless the port is shared on purpose: a second server on a taken port must
+            # fail, not quietly split the traffic.
+            ("grpc.so_reuseport", int(self.reuse_port)),
             *self.keepalive.server_options(),
         ]
 
@@ -154,6 +161,8 @@ class ServerSettings:
                 env, "MAX_CONCURRENT_STREAMS", cls.max_concurrent_streams
             ),
             keepalive=KeepaliveSettings.from_env(env),
+            workers=max(1, env_int(env, f"{service.upper()}_WORKERS", cls.workers)),
+            reuse_port=_get(env, "WORKER_INDEX") is not None,
         )
 
 

@@ -1,0 +1,109 @@
+"""location_svc as several worker processes on one port, under a supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.settings import StoreSettings
+from mesh.testing import spawn
+
+
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def _eventually(check, within_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def _serving_over(port: int, connections: int) -> None:
+    """Health answers SERVING over ``connections`` separate TCP connections."""
+    for _ in range(connections):
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="delivery.location.v1.LocationService"),
+                timeout=10,
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await channel.close()
+
+
+async def _start(store_settings: StoreSettings) -> tuple[asyncio.subprocess.Process, int]:
+    process, ports = await spawn(
+        [sys.executable, "-m", "location_svc"],
+        {
+            "DELIVERY_DATABASE_URL": store_settings.database_url,
+            "DELIVERY_REDIS_URL": store_settings.redis_url,
+            "DELIVERY_LOCATION_LISTEN": "127.0.0.1:0",
+            "DELIVERY_LOCATION_WORKERS": "2",
+            "DELIVERY_GRACE_S": "2",
+        },
+    )
+    return process, ports["location"]
+
+
+async def test_workers_share_the_port_restart_and_stop_with_the_supervisor(
+    store_settings: StoreSettings,
+) -> None:
+    process, port = await _start(store_settings)
+    try:
+        workers = _children(process.pid)
+        assert len(workers) == 2
+        await _serving_over(port, 6)
+
+        # A worker that dies is started again; the service keeps answering meanwhile.
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        await _eventually(lambda: len(_children(process.pid) - {victim}) == 2)
+        await _serving_over(port, 6)
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        for pid in _children_or_last(process.pid, workers):
+            await _eventually(lambda pid=pid: not _alive(pid))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _children_or_last(pid: int, last: set[int]) -> set[int]:
+    try:
+        return _children(pid) | last
+    except FileNotFoundError:
+        return last
+
+
+async def test_workers_die_with_a_killed_supervisor(store_settings: StoreSettings) -> None:
+    process, _ = await _start(store_settings)
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    process.kill()
+    await process.wait()
+    # Nothing is left holding the port.
+    for pid in workers:
+        await _eventually(lambda pid=pid: not _alive(pid))
