@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
+from mesh.resp import FastPackConnection
 from mesh.settings import StoreSettings
 
 logger = logging.getLogger(__name__)
@@ -62,13 +63,17 @@ def make_redis(settings: StoreSettings) -> Redis:
         cluster = RedisCluster.from_url(
             "redis://" + url[len(CLUSTER_SCHEME) :],
             max_connections=settings.redis_max_connections,
+            connection_class=FastPackConnection,
         )
         # RedisCluster speaks the same command API; typing it as Redis keeps callers simple.
         return cluster  # type: ignore[return-value]
     # A blocking pool: a burst (thousands of GPS streams reconnecting at once) waits briefly
     # for a connection instead of failing calls with "too many connections".
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis_max_connections, timeout=10
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=10,
+        connection_class=FastPackConnection,
     )
     # from_pool: closing the client closes its pool too.
     return Redis.from_pool(pool)
