@@ -62,6 +62,7 @@ from mesh.migrate import migrate
 from mesh.settings import ServerSettings, StoreSettings
 from mesh.stores import make_redis
 from mesh.testing import bearer, spawn
+from mesh.workers import reserve_port
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -111,18 +112,25 @@ def _canned_nearby() -> location_service_pb2.FindNearbyDriversResponse:
 _CANNED_NEARBY = _canned_nearby()
 
 
-def _bare_server(port_out: object, ack_first: bool = False, mesh_options: bool = False) -> None:
-    """Runs the bare server; ``mesh_options`` applies the mesh's server options (part (c))."""
+def _bare_server(
+    port_out: object, ack_first: bool = False, mesh_options: bool = False, port: int = 0
+) -> None:
+    """Runs the bare server; ``mesh_options`` applies the mesh's server options (part (c)).
+
+    A non-zero ``port`` is shared (SO_REUSEPORT) with the other bare processes of part (a).
+    """
 
     async def main() -> None:
-        options = ServerSettings().server_options() if mesh_options else None
+        options = ServerSettings().server_options() if mesh_options else []
+        if port:
+            options = [*options, ("grpc.so_reuseport", 1)]
         server = grpc.aio.server(options=options)
         location_service_pb2_grpc.add_LocationServiceServicer_to_server(
             BareLocation(ack_first), server
         )
-        port = server.add_insecure_port("127.0.0.1:0")
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-        port_out.put(port)  # type: ignore[attr-defined]
+        port_out.put(bound)  # type: ignore[attr-defined]
         await server.wait_for_termination()
 
     try:
@@ -166,26 +174,44 @@ def _fix(lat: float, lng: float, ms: int, seq: int) -> location_service_pb2.Stre
     )
 
 
+#: Fixes a load stream may have sent and not yet seen acked, as a phone's bounded buffer.
+MAX_IN_FLIGHT = 300
+
+
 async def drive(
     target: str,
     drivers: list[tuple[str, str]],
     seconds: float,
     rate_per_stream: float | None,
-) -> tuple[int, int, float, int]:
-    """One stream per driver sending fixes for ``seconds``; returns (acked, sent, elapsed,
-    refused streams).
+) -> tuple[int, int, float, int, int]:
+    """One stream per driver sending fixes for ``seconds``.
 
-    ``rate_per_stream`` None sends as fast as flow control allows.
+    Returns (fixes acked within the measuring window, sent, the window's length in seconds,
+    refused streams, fixes acked in all). The window is the sending time after the first
+    quarter (at most 1 s) of warm-up: a server that falls behind is measured while the load
+    is on, not while it catches up after the load generator has stopped. Each stream keeps at
+    most :data:`MAX_IN_FLIGHT` fixes unacknowledged, as a phone buffers a bounded number.
+
+    ``rate_per_stream`` None sends as fast as that bound and flow control allow.
     """
-    channels = [grpc.aio.insecure_channel(target) for _ in range(8)]
+    # Phones each hold a connection of their own; here one connection carries 20 streams. A
+    # local subchannel pool per channel, or grpc would share one connection among them all
+    # (and a server with several worker processes would see one or two connections).
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, len(drivers) // 20))
+    ]
     stubs = [location_service_pb2_grpc.LocationServiceStub(c) for c in channels]
+    window_acked = 0
     acked_total = 0
     sent_total = 0
     refused = 0
-    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    deadline = started + seconds
+    window_start = started + min(1.0, seconds / 4)
 
     async def one(i: int, driver_id: str, token: str) -> None:
-        nonlocal acked_total, sent_total, refused
+        nonlocal acked_total, sent_total, refused, window_acked
         # The same start for a driver in every run: a jump between runs would be dropped as
         # an impossible speed.
         rng = random.Random(driver_id)
@@ -193,34 +219,52 @@ async def drive(
         lng = CENTER[1] + rng.uniform(-0.25, 0.25)
         base_ms = int(time.time() * 1000) - 20_000
         sent = 0
+        last = 0
+        at_window_start = 0
+        at_deadline = 0
+        acked = asyncio.Event()
 
         async def fixes():
             nonlocal sent
+            # Paced by the clock, not by sleeping after each send: the rate holds however
+            # long each send takes.
+            due = time.perf_counter() + (rng.random() / rate_per_stream if rate_per_stream else 0)
             while time.perf_counter() < deadline:
+                if rate_per_stream:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    due += 1 / rate_per_stream
+                while sent - last >= MAX_IN_FLIGHT and time.perf_counter() < deadline:
+                    acked.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(acked.wait(), deadline - time.perf_counter())
+                if time.perf_counter() >= deadline:
+                    break
                 sent += 1
                 # A few metres per fix and 1 ms of device time: plausible, strictly newer.
                 yield _fix(lat + sent * 1e-6, lng, base_ms + sent, sent)
-                if rate_per_stream:
-                    await asyncio.sleep(1 / rate_per_stream)
 
         call = stubs[i % len(stubs)].StreamLocation(fixes(), metadata=bearer(token))
-        last = 0
         try:
             async for ack in call:
+                now = time.perf_counter()
+                if now < window_start:
+                    at_window_start = ack.acked_sequence
+                if now < deadline:
+                    at_deadline = ack.acked_sequence
                 last = ack.acked_sequence
+                acked.set()
         except grpc.aio.AioRpcError:
             # A refused or broken stream (say UNAVAILABLE when the service's Redis pool is
             # exhausted by a burst of stream opens) is counted, not fatal to the run.
             refused += 1
+        window_acked += at_deadline - at_window_start
         acked_total += last
         sent_total += sent
 
-    started = time.perf_counter()
     await asyncio.gather(*(one(i, d, token) for i, (d, token) in enumerate(drivers)))
-    elapsed = time.perf_counter() - started
     for channel in channels:
         await channel.close()
-    return acked_total, sent_total, elapsed, refused
+    return window_acked, sent_total, deadline - window_start, refused, acked_total
 
 
 def _client(target: str, drivers: list, seconds: float, rate: float | None, out: object) -> None:
@@ -235,8 +279,8 @@ def _client(target: str, drivers: list, seconds: float, rate: float | None, out:
 def load(
     target: str, drivers: list, seconds: float, clients: int, rate: float | None = None
 ) -> tuple[float, int, int, int]:
-    """Runs the drivers' streams from ``clients`` processes; returns (acked/s, acked, sent,
-    refused streams)."""
+    """Runs the drivers' streams from ``clients`` processes; returns (acked/s within the
+    measuring window, acked in all, sent, refused streams)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     parts = [drivers[i::clients] for i in range(clients)]
@@ -251,57 +295,77 @@ def load(
     for result in results:
         if isinstance(result, BaseException):
             raise RuntimeError("a load-generator process failed") from result
-    acked = sum(r[0] for r in results)
+    window_acked = sum(r[0] for r in results)
     sent = sum(r[1] for r in results)
-    elapsed = max(r[2] for r in results)
+    window_s = min(r[2] for r in results)
     refused = sum(r[3] for r in results)
-    return acked / elapsed, acked, sent, refused
+    acked = sum(r[4] for r in results)
+    return window_acked / window_s, acked, sent, refused
 
 
 async def probe(
     target: str, probes: list[tuple[str, str]], rounds: int
-) -> tuple[list[float], list[float]]:
-    """Ack latency and freshness (sent to visible in FindNearbyDrivers), in ms."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Ack latency and freshness (sent to visible in FindNearbyDrivers) on open streams, in ms.
+
+    Each probe driver opens its stream once (as a phone does for a shift; the first ack's
+    latency, which includes opening the stream, is returned apart), then sends ``rounds`` fixes
+    about 1.1 s apart (a fix per second is a fast phone; acks of faster senders are coalesced),
+    each a metre on from the last at a spot far from the load, so the probe is the only driver
+    the search finds there. A fix is fresh once FindNearbyDrivers returns the probe with that
+    fix (the index stamps a fix with its receive time). Returns (acks, fresh, first acks).
+    """
     channel = grpc.aio.insecure_channel(target)
     stub = location_service_pb2_grpc.LocationServiceStub(channel)
     matching = bearer(service_token(SECRET, "matching"))
     acks: list[float] = []
     fresh: list[float] = []
-    rng = random.Random(7)
-    for r in range(rounds):
-        driver_id, token = probes[r % len(probes)]
-        # A spot far from the load, so the probe is the only driver the search can find.
+    first_acks: list[float] = []
+
+    async def one(index: int, driver_id: str, token: str) -> None:
+        rng = random.Random(index)
         lat, lng = rng.uniform(-40, 40), rng.uniform(-150, 150)
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def requests(q: asyncio.Queue = queue):
-            while (item := await q.get()) is not None:
+        async def requests():
+            while (item := await queue.get()) is not None:
                 yield item
 
         call = stub.StreamLocation(requests(), metadata=bearer(token))
         started = time.perf_counter()
-        await queue.put(_fix(lat, lng, int(time.time() * 1000), 1))
-        ack = await call.read()
-        acks.append((time.perf_counter() - started) * 1000)
-        assert ack.acked_sequence == 1, ack
-        while True:
-            found = await stub.FindNearbyDrivers(
-                location_service_pb2.FindNearbyDriversRequest(
-                    center=common_pb2.LatLng(latitude=lat, longitude=lng),
-                    radius_meters=500,
-                    limit=1,
-                ),
-                metadata=matching,
+        await queue.put(_fix(lat, lng, int(time.time() * 1000), 0))
+        await call.read()
+        first_acks.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(rng.uniform(1.1, 2.2))
+        for seq in range(1, rounds + 1):
+            lat += 1e-5
+            fix_ms = int(time.time() * 1000)
+            started = time.perf_counter()
+            await queue.put(_fix(lat, lng, fix_ms, seq))
+            while (await call.read()).acked_sequence < seq:
+                pass
+            acks.append((time.perf_counter() - started) * 1000)
+            request = location_service_pb2.FindNearbyDriversRequest(
+                center=common_pb2.LatLng(latitude=lat, longitude=lng), radius_meters=500, limit=1
             )
-            if any(d.driver_id == driver_id for d in found.drivers):
-                break
-        fresh.append((time.perf_counter() - started) * 1000)
+            while True:
+                found = await stub.FindNearbyDrivers(request, metadata=matching)
+                # The index files a fix at the server's receive time, which is not before
+                # fix_ms (one clock: the same machine).
+                if any(
+                    d.driver_id == driver_id and d.fix_time.ToMilliseconds() >= fix_ms
+                    for d in found.drivers
+                ):
+                    break
+            fresh.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(max(0.0, 1.1 - (time.perf_counter() - started)))
         await queue.put(None)
         while await call.read() is not grpc.aio.EOF:
             pass
-        await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(one(i, d, t) for i, (d, t) in enumerate(probes)))
     await channel.close()
-    return acks, fresh
+    return acks, fresh, first_acks
 
 
 def pct(values: list[float], q: float) -> float:
@@ -345,7 +409,9 @@ def _header(text: str) -> None:
     print(f"{text}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
 
 
-async def _spawn_location(database_url: str, redis_url: str) -> tuple[object, str]:
+async def _spawn_location(
+    database_url: str, redis_url: str, workers: int = 1
+) -> tuple[object, str]:
     process, served = await spawn(
         [sys.executable, "-m", "location_svc"],
         {
@@ -354,6 +420,7 @@ async def _spawn_location(database_url: str, redis_url: str) -> tuple[object, st
             "DELIVERY_LOCATION_LISTEN": "127.0.0.1:0",
             "DELIVERY_SERVICE_SECRET": SECRET,
             "DELIVERY_LOG_LEVEL": "WARNING",
+            "DELIVERY_LOCATION_WORKERS": str(workers),
         },
     )
     return process, f"127.0.0.1:{served['location']}"
@@ -367,12 +434,22 @@ async def part_a(args: argparse.Namespace, database_url: str) -> None:
     drivers = await make_drivers(database_url, args.redis_url, args.streams + args.probes)
     load_drivers_, probes = drivers[: args.streams], drivers[args.streams :]
 
+    # The bare server gets as many processes as location_svc has workers, on one shared port.
     ctx = multiprocessing.get_context("spawn")
     ports = ctx.Queue()
-    bare = ctx.Process(target=_bare_server, args=(ports,), daemon=True)
-    bare.start()
-    bare_target = f"127.0.0.1:{ports.get()}"
-    process, target = await _spawn_location(database_url, args.redis_url)
+    reservation = reserve_port("127.0.0.1", 0)
+    shared = reservation.getsockname()[1] if args.workers > 1 else 0
+    bares = [
+        ctx.Process(target=_bare_server, args=(ports, False, False, shared), daemon=True)
+        for _ in range(args.workers)
+    ]
+    for bare in bares:
+        bare.start()
+    # Every bare process reports the port (the same one when shared); wait for all of them.
+    bare_ports = {ports.get() for _ in bares}
+    bare_target = f"127.0.0.1:{min(bare_ports)}"
+    reservation.close()
+    process, target = await _spawn_location(database_url, args.redis_url, args.workers)
     try:
         load(target, load_drivers_, 2.0, args.clients)  # warm up
         bare_rate, _, bare_sent, _ = load(bare_target, load_drivers_, args.seconds, args.clients)
@@ -385,7 +462,7 @@ async def part_a(args: argparse.Namespace, database_url: str) -> None:
             )
         )
         await asyncio.sleep(3)
-        acks, fresh = await probe(target, probes, args.probes)
+        acks, fresh, first_acks = await probe(target, probes, args.probe_rounds)
         steady_rate, _, _, steady_refused = await background
         conn = await asyncpg.connect(database_url)
         history = await conn.fetchval("SELECT count(*) FROM driver_location_history")
@@ -393,10 +470,12 @@ async def part_a(args: argparse.Namespace, database_url: str) -> None:
     finally:
         process.terminate()  # type: ignore[attr-defined]
         await process.wait()  # type: ignore[attr-defined]
-        bare.kill()
+        for bare in bares:
+            bare.kill()
 
     print(
         f"(a) GPS ingest, {args.streams} streams from {args.clients} client processes, "
+        f"{args.workers} server process(es) each (location_svc workers, bare processes), "
         f"{args.seconds:.0f} s, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     print(f"  bare gRPC stream (decode, ack/100)  {bare_rate:9.0f} fixes/s  (sent {bare_sent})")
@@ -410,8 +489,12 @@ async def part_a(args: argparse.Namespace, database_url: str) -> None:
         f"  at {args.probe_rate:.0f} fixes/s (achieved {steady_rate:.0f}/s): "
         f"ack p50 {statistics.median(acks):.1f} ms "
         f"p99 {pct(acks, 0.99):.1f} ms; fresh in search p50 {statistics.median(fresh):.1f} ms "
-        f"p99 {pct(fresh, 0.99):.1f} ms ({len(fresh)} probes"
-        + (f"; {steady_refused} load streams refused)" if steady_refused else ")")
+        f"p99 {pct(fresh, 0.99):.1f} ms ({len(fresh)} fixes from {len(probes)} open probe "
+        "streams" + (f"; {steady_refused} load streams refused)" if steady_refused else ")")
+    )
+    print(
+        f"  first ack on a new stream (opening included): p50 "
+        f"{statistics.median(first_acks):.1f} ms p99 {pct(first_acks, 0.99):.1f} ms"
     )
     print("reproduce: " + _reproduce(args, "a"), flush=True)
 
@@ -898,8 +981,15 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="(a) seconds per phase")
     parser.add_argument("--streams", type=int, default=800, help="(a) load streams")
     parser.add_argument("--clients", type=int, default=2, help="(a) load-generator processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="(a) server processes: location_svc workers, and as many bare servers",
+    )
     parser.add_argument("--probe-rate", type=float, default=10_000.0)
-    parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--probes", type=int, default=30, help="(a) probe drivers")
+    parser.add_argument("--probe-rounds", type=int, default=4, help="(a) fixes per probe")
     parser.add_argument("--nearby-drivers", type=int, default=100_000, help="(b)")
     parser.add_argument("--nearby-rate", type=float, default=200.0, help="(b) queries/s")
     parser.add_argument("--nearby-seconds", type=float, default=10.0, help="(b) open-loop time")
