@@ -322,8 +322,10 @@ async def probe(
     fresh: list[float] = []
     first_acks: list[float] = []
 
-    async def one(index: int, driver_id: str, token: str) -> None:
-        rng = random.Random(index)
+    async def one(driver_id: str, token: str) -> None:
+        # Seeded by the (new) driver id: a spot of its own, not one an earlier run's probe may
+        # still hold for the presence TTL.
+        rng = random.Random(driver_id)
         lat, lng = rng.uniform(-40, 40), rng.uniform(-150, 150)
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -346,7 +348,7 @@ async def probe(
                 pass
             acks.append((time.perf_counter() - started) * 1000)
             request = location_service_pb2.FindNearbyDriversRequest(
-                center=common_pb2.LatLng(latitude=lat, longitude=lng), radius_meters=500, limit=1
+                center=common_pb2.LatLng(latitude=lat, longitude=lng), radius_meters=500, limit=5
             )
             while True:
                 found = await stub.FindNearbyDrivers(request, metadata=matching)
@@ -363,7 +365,7 @@ async def probe(
         while await call.read() is not grpc.aio.EOF:
             pass
 
-    await asyncio.gather(*(one(i, d, t) for i, (d, t) in enumerate(probes)))
+    await asyncio.gather(*(one(d, t) for d, t in probes))
     await channel.close()
     return acks, fresh, first_acks
 

@@ -57,7 +57,7 @@ class LocationPolicy:
     #: How long a watch registration lasts without renewal, in seconds.
     watch_ttl_s: float = 30.0
     #: The least time between two acks on one stream, in seconds.
-    ack_spacing_s: float = 1.0
+    ack_spacing_s: float = 0.5
 
 
 class StreamSession:
