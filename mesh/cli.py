@@ -185,9 +185,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Runs one service in this process (what ``python -m <service>`` does)."""
+    """Runs one service in the foreground, as ``python -m <service>`` does (location_svc as a
+    supervisor of ``DELIVERY_LOCATION_WORKERS`` processes when that is more than one)."""
+    from mesh.workers import serve
+
     module = __import__(SERVICES[args.service] + ".server", fromlist=["main"])
-    asyncio.run(module.main())
+    serve(args.service, SERVICES[args.service], module.main)
     return 0
 
 

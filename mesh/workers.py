@@ -180,10 +180,18 @@ def run_supervisor(settings: Settings, module: str) -> int:
     return asyncio.run(Supervisor(settings, module).run())
 
 
+#: The services whose state allows several processes (see the module docstring).
+MULTI_PROCESS = frozenset({"location"})
+
+
 def serve(service: str, module: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """``python -m <module>``: one process, or a supervisor when workers are configured."""
     settings = Settings.from_env(service)
     if settings.server.workers > 1 and worker_index() is None:
+        if service not in MULTI_PROCESS:
+            raise SystemExit(
+                f"{service} runs as one process; unset DELIVERY_{service.upper()}_WORKERS"
+            )
         raise SystemExit(run_supervisor(settings, module))
     die_with_supervisor()
     run_main(main)

@@ -52,9 +52,11 @@ async def _serving_over(port: int, connections: int) -> None:
             await channel.close()
 
 
-async def _start(store_settings: StoreSettings) -> tuple[asyncio.subprocess.Process, int]:
+async def _start(
+    store_settings: StoreSettings, command: tuple[str, ...] = ("location_svc",)
+) -> tuple[asyncio.subprocess.Process, int]:
     process, ports = await spawn(
-        [sys.executable, "-m", "location_svc"],
+        [sys.executable, "-m", *command],
         {
             "DELIVERY_DATABASE_URL": store_settings.database_url,
             "DELIVERY_REDIS_URL": store_settings.redis_url,
@@ -107,3 +109,37 @@ async def test_workers_die_with_a_killed_supervisor(store_settings: StoreSetting
     # Nothing is left holding the port.
     for pid in workers:
         await _eventually(lambda pid=pid: not _alive(pid))
+
+
+async def test_delivery_serve_runs_the_workers_too(store_settings: StoreSettings) -> None:
+    process, port = await _start(store_settings, ("mesh.cli", "serve", "location"))
+    try:
+        assert len(_children(process.pid)) == 2
+        await _serving_over(port, 2)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_a_single_process_service_refuses_workers(store_settings: StoreSettings) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mesh.cli",
+        "serve",
+        "order",
+        env={
+            **os.environ,
+            "DELIVERY_DATABASE_URL": store_settings.database_url,
+            "DELIVERY_REDIS_URL": store_settings.redis_url,
+            "DELIVERY_ORDER_LISTEN": "127.0.0.1:0",
+            "DELIVERY_ORDER_WORKERS": "2",
+        },
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert b"order runs as one process" in err
