@@ -153,6 +153,9 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
             )
             self._procs[index] = proc
+            if self._stopping:
+                # The stop began while this worker was being started: it missed the signal.
+                proc.send_signal(signal.SIGTERM)
             assert proc.stdout is not None
             async for line in proc.stdout:
                 if line.startswith(READY_PREFIX.encode()):
