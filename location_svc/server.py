@@ -8,8 +8,10 @@ import logging
 
 from delivery.location.v1 import location_service_pb2, location_service_pb2_grpc
 from location_svc.arrivals import build_arrivals
+from location_svc.domain.geofence import GeofenceRules
 from location_svc.ingest import Ingest
 from location_svc.service import LocationPolicy, LocationService
+from location_svc.settings import LocationSettings
 from location_svc.store.drivers import DriverStore
 from location_svc.store.geo_index import GeoIndex
 from location_svc.store.history import HistoryWriter
@@ -54,16 +56,28 @@ class Sweeper:
 
 
 async def build_server(
-    settings: Settings, stores: Stores, *, policy: LocationPolicy | None = None
+    settings: Settings,
+    stores: Stores,
+    *,
+    policy: LocationPolicy | None = None,
+    rules: GeofenceRules | None = None,
 ) -> MeshServer:
-    """Binds location_svc with its batcher, history writer and presence sweeper as workers."""
+    """Binds location_svc with its batcher, history writer and presence sweeper as workers.
+
+    ``policy`` and ``rules`` default to what the environment says (:class:`LocationSettings`).
+    """
     assert stores.pool is not None and stores.redis is not None
-    policy = policy or LocationPolicy()
+    if policy is None or rules is None:
+        configured = LocationSettings.from_env()
+        policy = policy or configured.policy
+        rules = rules or configured.rules
     index = GeoIndex(stores.redis, presence_ttl_s=policy.presence_ttl_s)
     drivers = DriverStore(stores.redis, stores.pool)
     history = HistoryWriter(stores.pool)
     # Arrivals: fences of active orders (fed by order events), checked on every stored fix.
-    _, arrivals, arrival_workers = build_arrivals(stores.redis, consumer_name=consumer_name())
+    _, arrivals, arrival_workers = build_arrivals(
+        stores.redis, rules=rules, consumer_name=consumer_name()
+    )
     ingest = Ingest(stores.redis, index, drivers, history, on_stored=arrivals.on_stored)
     service = LocationService(stores.redis, drivers, index, ingest, history, policy)
     binding = ServiceBinding(
