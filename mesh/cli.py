@@ -17,7 +17,7 @@ from typing import Any
 from mesh.embedded import embedded_stores, free_port
 from mesh.logs import configure_logging
 from mesh.migrate import migrate
-from mesh.server import READY_PREFIX, announce
+from mesh.server import PARENT_PID_ENV, READY_PREFIX, announce
 from mesh.settings import DEFAULT_PORTS, PREFIX, Settings
 
 logger = logging.getLogger("delivery")
@@ -71,6 +71,9 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
     env = dict(os.environ)
     env.update(
         {
+            # The services die with this process, even if it is killed without a chance to
+            # stop them.
+            PARENT_PID_ENV: str(os.getpid()),
             PREFIX + "DATABASE_URL": database_url,
             PREFIX + "REDIS_URL": redis_url,
             **{f"{PREFIX}{name.upper()}_LISTEN": addr for name, addr in addresses.items()},

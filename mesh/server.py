@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -240,8 +241,31 @@ def consumer_name() -> str:
     return f"{name}-w{worker}" if worker else name
 
 
+#: A process started with this variable set to its parent's pid dies with that parent (see
+#: :func:`die_with_parent`); ``delivery up``, the tests' ``spawn`` and the worker supervisor set it.
+PARENT_PID_ENV = "DELIVERY_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Has the kernel send SIGTERM when the parent named by ``DELIVERY_PARENT_PID`` dies.
+
+    So a killed ``delivery up``, test run or worker supervisor leaves no service holding a port
+    or consuming a stream. Linux only; elsewhere (and without the variable) nothing happens.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        # The parent was gone before the request took effect.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_main(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Runs a service's ``main()`` to completion, on uvloop when it is installed."""
+    die_with_parent()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from mesh.auth import service_token
-from mesh.server import READY_PREFIX, MeshServer
+from mesh.server import PARENT_PID_ENV, READY_PREFIX, MeshServer
 from mesh.settings import ServerSettings, Settings, StoreSettings
 from mesh.stores import Stores
 
@@ -71,7 +71,8 @@ async def spawn(
     """
     process = await asyncio.create_subprocess_exec(
         *args,
-        env={**os.environ, **env} if inherit_env else dict(env),
+        # The service dies with this process, however this process ends.
+        env={**(os.environ if inherit_env else {}), **env, PARENT_PID_ENV: str(os.getpid())},
         stdout=asyncio.subprocess.PIPE,
         stderr=None,
         start_new_session=True,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -27,37 +26,21 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mesh.logs import configure_logging
-from mesh.server import READY_PREFIX, announce, run_main
+from mesh.server import PARENT_PID_ENV, READY_PREFIX, announce, die_with_parent, run_main
 from mesh.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 #: Set in each worker's environment: its index, 0 to N-1.
 WORKER_INDEX_ENV = "DELIVERY_WORKER_INDEX"
-#: Set in each worker's environment: the supervisor's pid.
-SUPERVISOR_ENV = "DELIVERY_SUPERVISOR_PID"
 #: Seconds between restarts of a worker that keeps dying.
 RESTART_DELAY_S = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_index() -> int | None:
     """This process's index among its service's workers, or ``None`` when it runs alone."""
     value = os.environ.get(WORKER_INDEX_ENV)
     return int(value) if value else None
-
-
-def die_with_supervisor() -> None:
-    """In a worker: have the kernel send SIGTERM when the supervisor dies, however it dies."""
-    parent = os.environ.get(SUPERVISOR_ENV)
-    if not parent or worker_index() is None:
-        return
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):
-        # The supervisor was gone before the request took effect.
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -105,7 +88,7 @@ class Supervisor:
         env = {
             **os.environ,
             f"DELIVERY_{service.upper()}_LISTEN": bound,
-            SUPERVISOR_ENV: str(os.getpid()),
+            PARENT_PID_ENV: str(os.getpid()),
         }
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -195,6 +178,6 @@ def serve(service: str, module: str, main: Callable[[], Coroutine[Any, Any, None
             raise SystemExit(
                 f"{service} runs as one process; unset DELIVERY_{service.upper()}_WORKERS"
             )
+        die_with_parent()
         raise SystemExit(run_supervisor(settings, module))
-    die_with_supervisor()
     run_main(main)

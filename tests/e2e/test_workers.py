@@ -143,3 +143,43 @@ async def test_a_single_process_service_refuses_workers(store_settings: StoreSet
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert b"order runs as one process" in err
+
+
+_PARENT = """
+import asyncio, sys
+from mesh.testing import spawn
+
+async def main():
+    process, _ = await spawn([sys.executable, "-m", "order_svc"], {})
+    print(process.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_spawned_service_dies_with_a_killed_parent(store_settings: StoreSettings) -> None:
+    """spawn (as ``delivery up``) names the parent: a SIGKILLed parent leaves no service behind."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _PARENT,
+        env={
+            **os.environ,
+            "DELIVERY_DATABASE_URL": store_settings.database_url,
+            "DELIVERY_REDIS_URL": store_settings.redis_url,
+            "DELIVERY_ORDER_LISTEN": "127.0.0.1:0",
+        },
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert parent.stdout is not None
+        service = int(await asyncio.wait_for(parent.stdout.readline(), 60))
+        assert _alive(service)
+        parent.kill()
+        await parent.wait()
+        await _eventually(lambda: not _alive(service))
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
