@@ -3,5 +3,7 @@
 import asyncio
 
 from edge.server import main
+from mesh.server import die_with_parent
 
+die_with_parent()
 asyncio.run(main())

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.settings import StoreSettings
@@ -150,7 +151,7 @@ import asyncio, sys
 from mesh.testing import spawn
 
 async def main():
-    process, _ = await spawn([sys.executable, "-m", "order_svc"], {})
+    process, _ = await spawn([sys.executable, "-m", sys.argv[1]], {})
     print(process.pid, flush=True)
     await asyncio.sleep(3600)
 
@@ -158,17 +159,22 @@ asyncio.run(main())
 """
 
 
-async def test_a_spawned_service_dies_with_a_killed_parent(store_settings: StoreSettings) -> None:
+@pytest.mark.parametrize("module", ["order_svc", "edge"])
+async def test_a_spawned_service_dies_with_a_killed_parent(
+    store_settings: StoreSettings, module: str
+) -> None:
     """spawn (as ``delivery up``) names the parent: a SIGKILLed parent leaves no service behind."""
     parent = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         _PARENT,
+        module,
         env={
             **os.environ,
             "DELIVERY_DATABASE_URL": store_settings.database_url,
             "DELIVERY_REDIS_URL": store_settings.redis_url,
             "DELIVERY_ORDER_LISTEN": "127.0.0.1:0",
+            "DELIVERY_EDGE_LISTEN": "127.0.0.1:0",
         },
         stdout=asyncio.subprocess.PIPE,
     )
