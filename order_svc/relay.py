@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from mesh.events import entry_fields, stream_for
 from mesh.logs import configure_logging
-from mesh.server import announce
+from mesh.server import announce, die_with_parent
 from mesh.settings import Settings, env_float, env_int
 from mesh.stores import open_stores
 
@@ -234,4 +234,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     asyncio.run(main())

@@ -159,7 +159,7 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("module", ["order_svc", "edge"])
+@pytest.mark.parametrize("module", ["order_svc", "edge", "order_svc.relay"])
 async def test_a_spawned_service_dies_with_a_killed_parent(
     store_settings: StoreSettings, module: str
 ) -> None:
