@@ -52,13 +52,9 @@ from location_svc.domain.geofence import (
 )
 from location_svc.ingest import Update
 from mesh.events import (
-    FIELD_AGGREGATE_ID,
-    FIELD_EVENT_ID,
-    FIELD_OCCURRED_AT,
-    FIELD_PAYLOAD,
-    FIELD_TYPE,
     Event,
     EventConsumer,
+    entry_fields,
     stream_for,
 )
 
@@ -635,7 +631,7 @@ class ArrivalDetector:
 
 
 def _entry(driver_id: str, arrival: Arrival) -> dict[FieldT, EncodableT]:
-    """The stream entry of one arrival (the layout of :func:`mesh.events.entry_fields`)."""
+    """The stream entry of one arrival."""
     eid = event_id(arrival.order_id, driver_id, arrival.kind)
     occur = timestamp_pb2.Timestamp()
     occur.FromMilliseconds(arrival.time_ms)
@@ -647,13 +643,13 @@ def _entry(driver_id: str, arrival: Arrival) -> dict[FieldT, EncodableT]:
         position=common_pb2.LatLng(latitude=arrival.lat, longitude=arrival.lng),
         occur_time=occur,
     ).SerializeToString()
-    return {
-        FIELD_EVENT_ID: eid,
-        FIELD_TYPE: EVENT_TYPES[arrival.kind],
-        FIELD_AGGREGATE_ID: arrival.order_id,
-        FIELD_PAYLOAD: payload,
-        FIELD_OCCURRED_AT: datetime.fromtimestamp(arrival.time_ms / 1000, UTC).isoformat(),
-    }
+    return entry_fields(
+        event_id=eid,
+        event_type=EVENT_TYPES[arrival.kind],
+        aggregate_id=arrival.order_id,
+        payload=payload,
+        occurred_at=datetime.fromtimestamp(arrival.time_ms / 1000, UTC),
+    )
 
 
 def build_arrivals(

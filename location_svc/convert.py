@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -59,7 +58,9 @@ def fix_from_proto(fix: location_pb2.LocationFix) -> Fix:
 
 def timestamp_ms(ms: int) -> timestamp_pb2.Timestamp:
     """A Timestamp for milliseconds since the epoch."""
-    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -71,5 +72,5 @@ def seconds(value: float) -> duration_pb2.Duration:
 def now_timestamp() -> timestamp_pb2.Timestamp:
     """The server's clock as a Timestamp."""
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(datetime.now(UTC))
+    ts.GetCurrentTime()
     return ts

@@ -21,7 +21,7 @@ from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
 from location_svc.store.drivers import DriverStore, pack_position
 from location_svc.store.geo_index import GeoIndex, IndexEntry
-from location_svc.store.history import HistoryWriter
+from location_svc.store.history import HistoryWriter, history_row
 
 logger = logging.getLogger(__name__)
 
@@ -202,19 +202,7 @@ class Ingest:
         now = datetime.now(UTC)
         for update in batch:
             fix = update.fix
-            self.history.add(
-                (
-                    update.driver_id,
-                    datetime.fromtimestamp(fix.device_time_ms / 1000, UTC),
-                    now,
-                    fix.lat,
-                    fix.lng,
-                    fix.accuracy_m,
-                    fix.heading_deg,
-                    fix.speed_mps,
-                    False,
-                )
-            )
+            self.history.add(history_row(update.driver_id, fix, now, backfilled=False))
             if update.sink is not None:
                 update.sink.done(fix.sequence)
         self.stats.fixes += len(batch)

@@ -32,7 +32,7 @@ from location_svc.domain.presence import DriverStatus, Pacing, presence
 from location_svc.ingest import POSITION_CHANNEL, WATCHED_KEY, AckSink, Ingest, Update
 from location_svc.store.drivers import DriverRecord, DriverStore, unpack_position
 from location_svc.store.geo_index import GeoIndex, IndexEntry, shard_of
-from location_svc.store.history import HistoryWriter, Row
+from location_svc.store.history import HistoryWriter, history_row
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
 from mesh.geo import validate_location
@@ -252,10 +252,10 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             newest = fix
         received = datetime.now(UTC)
         for fix in backfill:
-            self._history.add(_history_row(record.driver_id, fix, received, backfilled=True))
+            self._history.add(history_row(record.driver_id, fix, received, backfilled=True))
         # Intermediate live fixes are history; the newest one moves the driver.
         for fix in live[:-1]:
-            self._history.add(_history_row(record.driver_id, fix, received, backfilled=False))
+            self._history.add(history_row(record.driver_id, fix, received, backfilled=False))
         if live:
             fix = live[-1]
             pos_shard = shard_of(fix.lat, fix.lng)
@@ -498,17 +498,3 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
 
 def _index_of(dropped: location_pb2.DroppedFix) -> int:
     return dropped.index
-
-
-def _history_row(driver_id: str, fix: Fix, received: datetime, *, backfilled: bool) -> Row:
-    return (
-        driver_id,
-        datetime.fromtimestamp(fix.device_time_ms / 1000, UTC),
-        received,
-        fix.lat,
-        fix.lng,
-        fix.accuracy_m,
-        fix.heading_deg,
-        fix.speed_mps,
-        backfilled,
-    )

@@ -58,7 +58,7 @@ def dedupe_key(stream: str, group: str, event_id: str) -> str:
 
 def entry_fields(
     *,
-    event_id: int,
+    event_id: int | str,
     event_type: str,
     aggregate_id: str,
     payload: bytes,

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mesh.geo import haversine_m
+from mesh.geo import haversine_m, valid_lat_lng
 
 
 class DropReason(StrEnum):
@@ -60,12 +60,7 @@ class FixRules:
 
 def check_shape(fix: Fix, now_ms: int, rules: FixRules) -> DropReason | None:
     """The checks that need no history: range, accuracy, clock."""
-    if not (
-        math.isfinite(fix.lat)
-        and math.isfinite(fix.lng)
-        and -90.0 <= fix.lat <= 90.0
-        and -180.0 <= fix.lng <= 180.0
-    ):
+    if not valid_lat_lng(fix.lat, fix.lng):
         return DropReason.OUT_OF_RANGE
     if not math.isfinite(fix.accuracy_m) or fix.accuracy_m < 0:
         return DropReason.POOR_ACCURACY

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from location_svc.domain.fixes import Fix
+
 logger = logging.getLogger(__name__)
 
 _COLUMNS = (
@@ -100,3 +102,18 @@ class HistoryWriter:
         """Asks :meth:`run` to write what it holds and return."""
         self._stopping.set()
         self._wake.set()
+
+
+def history_row(driver_id: str, fix: Fix, received: datetime, *, backfilled: bool) -> Row:
+    """The history row of one fix received at ``received``."""
+    return (
+        driver_id,
+        datetime.fromtimestamp(fix.device_time_ms / 1000, UTC),
+        received,
+        fix.lat,
+        fix.lng,
+        fix.accuracy_m,
+        fix.heading_deg,
+        fix.speed_mps,
+        backfilled,
+    )
