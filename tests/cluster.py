@@ -140,6 +140,13 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                 process.wait()
 
 
+@pytest.fixture(params=["single", "cluster"])
+def cluster_url(request: pytest.FixtureRequest) -> str | None:
+    """None for the single Redis, then the URL of the real 3-master Redis Cluster (the tests
+    that take it run once on each)."""
+    return request.getfixturevalue("redis_cluster_url") if request.param == "cluster" else None
+
+
 @pytest.fixture(scope="session", params=["single", "cluster"])
 async def any_redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Redis]:
     """An open client of the single Redis (db 0, shared) or of the test Redis Cluster.

@@ -60,12 +60,6 @@ LOCATION_STREAM = stream_for("location")
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["single", "cluster"])
-def cluster_url(request: pytest.FixtureRequest) -> str | None:
-    """None for the single Redis, then the URL of the real 3-master Redis Cluster."""
-    return request.getfixturevalue("redis_cluster_url") if request.param == "cluster" else None
-
-
 @dataclass
 class Mesh:
     market: Market

@@ -34,12 +34,6 @@ class World:
     stores: Stores
 
 
-@pytest.fixture(params=["single", "cluster"])
-def cluster_url(request: pytest.FixtureRequest) -> str | None:
-    """None for the single Redis, then the URL of the real 3-master Redis Cluster."""
-    return request.getfixturevalue("redis_cluster_url") if request.param == "cluster" else None
-
-
 @pytest.fixture
 async def world(
     store_settings: StoreSettings, stores: Stores, cluster_url: str | None
