@@ -604,8 +604,9 @@ async def _nearby_measure(
     opts: dict,
 ) -> dict:
     """Part (b)'s client, in a process of its own: files the drivers, then measures."""
-    redis = Redis.from_url(redis_url)
-    # The service's own key prefix ("loc", the default) and presence TTL (30 s, the default).
+    # The service's own client, key prefix ("loc", the default) and presence TTL (30 s, the
+    # default).
+    redis = make_redis(StoreSettings(redis_url=redis_url))
     index = GeoIndex(redis)
     n, seed = opts["drivers"], opts["seed"]
     radius, limit = opts["radius_m"], opts["limit"]

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from location_svc.store.geo_index import VEHICLES, GeoIndex, IndexEntry
 from mesh.geo import EARTH_RADIUS_M, haversine_m
+from mesh.settings import StoreSettings
+from mesh.stores import make_redis
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/9"
 BERLIN = (52.52, 13.405)
@@ -103,7 +105,9 @@ async def run(args: argparse.Namespace) -> None:
     db = urllib.parse.urlparse(args.redis_url).path.strip("/") or "0"
     if db == "0":
         raise SystemExit("refusing to use Redis db 0: the bench flushes its database")
-    redis = Redis.from_url(args.redis_url)
+    # The client the service itself uses (its connection class and pool), so the figures
+    # are the service's own.
+    redis = make_redis(StoreSettings(redis_url=args.redis_url))
     try:
         await redis.flushdb()
         index = GeoIndex(redis, presence_ttl_s=3600)

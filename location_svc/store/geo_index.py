@@ -4,9 +4,14 @@ Layout (``loc`` is the default prefix; ``{...}`` is the Redis Cluster hash tag, 
 one shard lives in one slot, on one node, and one Lua script may touch them all):
 
 - ``loc:{<shard>}:<vehicle>``: GEO set of the available drivers of that vehicle in the shard.
+- ``loc:{<shard>}:any``: GEO set of every available driver of the shard, whatever the vehicle:
+  a search without a vehicle filter reads one set, not one per vehicle.
 - ``loc:{<shard>}:polar:<vehicle>``: HASH driver -> ``"lat,lng"`` for drivers beyond the
   latitudes Redis GEO accepts (|lat| > 85.05112878); only shards that reach that far have one.
-- ``loc:{<shard>}:seen``: ZSET driver -> time of the last fix in ms: presence is a TTL.
+- ``loc:{<shard>}:seen``: ZSET driver -> time of the last fix in ms plus the vehicle's index in
+  eighths (``fix_ms + vehicle / 8``): presence is a TTL, and comparing the score with a whole
+  cutoff in ms compares the fix time alone; the fraction tells a search of the ``any`` set
+  each winner's vehicle without a lookup.
 - ``loc:shards``: SET of every shard ever written, so the sweeper never scans drivers.
 - ``drv:{<driver_id>}``: the driver's metadata HASH, written by the ingest side.
 
@@ -38,6 +43,8 @@ from mesh.geo import EARTH_RADIUS_M, cell, haversine_m, valid_lat_lng
 SHARD_RES = 5
 #: The vehicle types a driver can have; every shard has one GEO set per vehicle.
 VEHICLES = ("bicycle", "motorcycle", "car", "van")
+#: What a shard's GEO sets are named after: each vehicle, then ``any`` (every vehicle).
+GEO_SETS = (*VEHICLES, "any")
 #: The default first part of every key this index writes.
 KEY_PREFIX = "loc"
 #: The largest |latitude| Redis GEO commands accept (the Web Mercator limit).
@@ -49,6 +56,11 @@ _REDIS_RADIUS_FACTOR = _REDIS_EARTH_RADIUS_M / EARTH_RADIUS_M + 1e-6
 # Added to every radius sent to Redis: float rounding and the metre-or-so of geohash rounding
 # cost a few results at the rim otherwise; extra candidates are filtered out here.
 _REDIS_RADIUS_SLACK_M = 1.0
+# A search that stopped at a step knows every driver this much past it: Redis searched the step
+# times _REDIS_RADIUS_FACTOR plus the slack by its own distance, which covers our step + 0.9 of
+# the slack with room for float rounding at any radius. A driver just over the step's rim then
+# counts, instead of costing another run.
+_RIM_M = 0.9 * _REDIS_RADIUS_SLACK_M
 # Shard selection works on the written coordinates, distances on the stored (rounded) ones.
 _SHARD_SLACK_M = 5.0
 # Re-announce a shard in the shard set this often, so a failed pipeline or a Redis that lost its
@@ -58,19 +70,27 @@ _ANNOUNCE_EVERY_S = 60.0
 _SWEEP_BATCH = 1000
 # Shards per sweep pipeline.
 _SWEEP_PIPELINE = 256
-# The first search radius is expected to hold this many drivers per wanted result, plus a few:
-# for uniformly spread drivers that is short of `limit` less than once in a thousand searches.
-_FIRST_STEP_DRIVERS_PER_RESULT = 2.0
-_FIRST_STEP_EXTRA_DRIVERS = 4
-_FIRST_STEP_MIN_M = 35.0
 # Just under the radius at which Redis GEOSEARCH moves to geohash boxes four times as large
 # (its box height at step 16 is 170.1 deg / 2^16, about 288.6 m).
 _GEOHASH_STEP_M = 280.0
-# How often a shard's density (set sizes) is refreshed, in seconds.
-_DENSITY_EVERY_S = 10.0
+#: The radii a search tries by default: Redis's cost grows with the area it scans, which it
+#: picks in geohash boxes that double in size at about 288 m x 2^j (mid latitudes), so each
+#: step sits just under one of those. A step too small costs a GEOSEARCH of a few boxes inside
+#: the same script run; a step too large scans up to four times the drivers it needed to.
+DEFAULT_STEPS_M = tuple(_GEOHASH_STEP_M * 2.0**j for j in range(-1, 17))
+# Steps one search script run takes at most when it spans several shards (the first four cover
+# a city at a few dozen drivers per km²; a sparser place takes another run).
+_STEPS_PER_RUN = 4
 _VEHICLE_INDEX = {v: i for i, v in enumerate(VEHICLES)}
 _ALL_VEHICLES = tuple(range(len(VEHICLES)))
 _ONE_VEHICLE = tuple((i,) for i in range(len(VEHICLES)))
+#: The index of a shard's ``any`` GEO set among its GEO sets (after one per vehicle).
+_ANY = len(VEHICLES)
+_ANY_VEHICLE = (_ANY,)
+_ANY_BYTES = str(_ANY).encode()
+#: Presence scores carry the vehicle index in this fraction of a millisecond (exact in a double
+#: for fix times up to 2^49 ms, about the year 19800).
+_VEHICLE_FRACTION = 0.125
 
 
 def shard_of(lat: float, lng: float) -> str:
@@ -79,8 +99,20 @@ def shard_of(lat: float, lng: float) -> str:
 
 
 def geo_key(shard: str, vehicle: str, prefix: str = KEY_PREFIX) -> str:
-    """The GEO set of available drivers with ``vehicle`` in ``shard``."""
+    """The GEO set of available drivers with ``vehicle`` (or ``"any"``: all) in ``shard``."""
     return f"{prefix}:{{{shard}}}:{vehicle}"
+
+
+def presence_score(fix_time_ms: int, vehicle: int) -> float:
+    """A driver's score in its shard's presence set: the fix time, the vehicle in the fraction."""
+    return fix_time_ms + vehicle * _VEHICLE_FRACTION
+
+
+def parse_presence(raw: bytes | str | float) -> tuple[int, int]:
+    """The fix time (ms) and vehicle index of a presence score."""
+    score = float(raw)
+    fix_ms = math.floor(score)
+    return fix_ms, round((score - fix_ms) / _VEHICLE_FRACTION)
 
 
 def polar_key(shard: str, vehicle: str, prefix: str = KEY_PREFIX) -> str:
@@ -306,6 +338,15 @@ def shards_for_circle(lat: float, lng: float, radius_m: float) -> list[str]:
         k += 1
 
 
+def room_in_shard_m(lat: float, lng: float) -> float:
+    """How far ``(lat, lng)`` is from the boundary of its own shard, in metres.
+
+    A circle of a smaller radius (less :data:`_SHARD_SLACK_M`) stays in that one shard.
+    """
+    p = _unit(lat, lng)
+    return min(_edge_distance_m(p, e) for e in cell_geometry(shard_of(lat, lng)).edges)
+
+
 # --- keys of one shard -------------------------------------------------------------------------
 
 
@@ -314,6 +355,7 @@ class _ShardKeys(NamedTuple):
 
     shard: str
     seen: bytes
+    #: One GEO set per vehicle, then the ``any`` set (index :data:`_ANY`).
     geo: tuple[bytes, ...]
     polar: tuple[bytes, ...]
     #: Whether the shard reaches beyond GEO_LAT_MAX (its polar hashes are in use).
@@ -328,7 +370,7 @@ def _shard_keys(prefix: str, shard: str) -> _ShardKeys:
     return _ShardKeys(
         shard=shard,
         seen=seen_key(shard, prefix).encode(),
-        geo=tuple(geo_key(shard, v, prefix).encode() for v in VEHICLES),
+        geo=tuple(geo_key(shard, v, prefix).encode() for v in GEO_SETS),
         polar=tuple(polar_key(shard, v, prefix).encode() for v in VEHICLES),
         is_polar=geometry.polar,
         all_polar=geometry.all_polar,
@@ -337,10 +379,13 @@ def _shard_keys(prefix: str, shard: str) -> _ShardKeys:
 
 # --- Lua: each runs on one shard's keys, which share a hash slot --------------------------------
 
-# One search step over one or more shards (one per call on a cluster, where a script's keys must
-# share a slot; all of them in one call on a single Redis, saving a script run per extra shard).
-# Returns the `count` nearest drivers within the radius whose presence is fresh, over the
-# shards' GEO sets (every fresh one with count 0), and the fresh drivers of their polar hashes.
+# A search over one or more shards (one per call on a cluster, where a script's keys must share a
+# slot; all of them in one call on a single Redis, saving a script run per extra shard), through
+# growing radii: the first radius that holds `count` fresh drivers ends it, so a dense city is
+# answered from a few hundred metres around the centre, and a radius too small costs one cheap
+# GEOSEARCH here rather than a round trip. Returns the `count` nearest drivers within that
+# radius whose presence is fresh, over the shards' GEO sets (every fresh one with count 0), and
+# the fresh drivers of their polar hashes.
 # Each set's COUNT nearest come back with Redis's distance (its earth radius ranks as ours does);
 # a merge in distance order then checks presence only for as many as it needs, and fetches
 # coordinates only for the winners, because Redis spends more time formatting coordinates than
@@ -348,21 +393,24 @@ def _shard_keys(prefix: str, shard: str) -> _ShardKeys:
 # answering short. Hits come packed in one string per kind, as parsing each reply element
 # costs the Python client microseconds.
 #   KEYS: per shard: seen, geo sets..., polar hashes...
-#   ARGV: lng, lat, radius_m, count (0: all), cutoff_ms, want sizes (0/1), number of shards,
-#         then per shard: number of geo sets, number of polar hashes, the vehicle index of each
-#   reply: {truncated, geo hits, polar hits[, size of each geo set...]}
+#   ARGV: lng, lat, count (0: all), cutoff_ms, number of radii, the radii (m, ascending),
+#         number of shards, then per shard: number of geo sets, number of polar hashes, the
+#         vehicle index of each
+#   reply: {truncated, geo hits, polar hits, how many radii were searched}
 #     truncated: 1 if drivers beyond the farthest geo hit may have been left out
-#     geo hits: lines "lng lat fix_ms vehicle driver", nearest first
-#     polar hits: lines "lat,lng fix_ms vehicle driver", every fresh one of the polar hashes
+#     geo hits: lines "lng lat presence vehicle driver", nearest first (presence: the score in
+#       the seen set; vehicle: the index passed for the set, which for an any set says nothing)
+#     polar hits: lines "lat,lng presence vehicle driver", every fresh one of the polar hashes
 _SEARCH_LUA = """
-local lng, lat, radius = ARGV[1], ARGV[2], ARGV[3]
-local count = tonumber(ARGV[4])
-local cutoff = tonumber(ARGV[5])
-local nshards = tonumber(ARGV[7])
+local lng, lat = ARGV[1], ARGV[2]
+local count = tonumber(ARGV[3])
+local cutoff = tonumber(ARGV[4])
+local nradii = tonumber(ARGV[5])
+local nshards = tonumber(ARGV[6 + nradii])
 
 -- sets[i] = {geo key, seen key of its shard, vehicle}; polars likewise
 local sets, polars = {}, {}
-local k, a = 1, 8
+local k, a = 1, 7 + nradii
 for _ = 1, nshards do
   local ngeo, npolar = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
@@ -405,87 +453,98 @@ local function scores_of(ids, seens)
   return scores
 end
 
-local ask, members, dists, full = {}, {}, {}, {}
-for i = 1, nsets do ask[i] = count end
 local picked = {}
 local truncated = 0
-local search = true
-while search do
-  local horizon = math.huge
-  for i = 1, nsets do
-    if members[i] == nil then
-      local rows
-      if count == 0 then
-        rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
-                          'BYRADIUS', radius, 'm', 'WITHDIST')
-      else
-        rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
-                          'BYRADIUS', radius, 'm', 'ASC', 'COUNT', ask[i], 'WITHDIST')
+local searched = 0
+while truncated == 0 and searched < nradii do
+  searched = searched + 1
+  local radius = ARGV[5 + searched]
+  local ask, members, dists, full = {}, {}, {}, {}
+  for i = 1, nsets do ask[i] = count end
+  local search = true
+  while search do
+    local horizon = math.huge
+    local rows_found = 0
+    for i = 1, nsets do
+      if members[i] == nil then
+        local rows
+        if count == 0 then
+          rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
+                            'BYRADIUS', radius, 'm', 'WITHDIST')
+        else
+          rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
+                            'BYRADIUS', radius, 'm', 'ASC', 'COUNT', ask[i], 'WITHDIST')
+        end
+        local m, d = {}, {}
+        for j = 1, #rows do
+          m[j] = rows[j][1]
+          d[j] = tonumber(rows[j][2])
+        end
+        members[i], dists[i] = m, d
+        full[i] = count > 0 and #rows == ask[i]
       end
-      local m, d = {}, {}
-      for j = 1, #rows do
-        m[j] = rows[j][1]
-        d[j] = tonumber(rows[j][2])
-      end
-      members[i], dists[i] = m, d
-      full[i] = count > 0 and #rows == ask[i]
+      -- A full set may hold more drivers past its last row: nothing beyond that is known.
+      if full[i] and dists[i][#dists[i]] < horizon then horizon = dists[i][#dists[i]] end
+      rows_found = rows_found + #dists[i]
     end
-    -- A full set may hold more drivers past its last row: nothing beyond that is known.
-    if full[i] and dists[i][#dists[i]] < horizon then horizon = dists[i][#dists[i]] end
-  end
-  -- Merge the sets nearest first up to the horizon, keeping fresh drivers, until `count`.
-  picked = {}
-  local picked_at = {}
-  local at = {}
-  for i = 1, nsets do at[i] = 1 end
-  local exhausted = false
-  while not exhausted and (count == 0 or #picked < count) do
-    local need = count == 0 and math.huge or count - #picked
-    local chunk, seens, from = {}, {}, {}
-    while #chunk < need do
-      local best, nearest = 0, horizon
-      for i = 1, nsets do
-        local d = dists[i][at[i]]
-        if d ~= nil and d <= nearest then best, nearest = i, d end
-      end
-      if best == 0 then
-        exhausted = true
-        break
-      end
-      chunk[#chunk + 1] = members[best][at[best]]
-      seens[#seens + 1] = sets[best][2]
-      from[#from + 1] = best
-      at[best] = at[best] + 1
+    if rows_found < count and searched < nradii then
+      -- Too few drivers here even if all are fresh: straight on to the next radius.
+      break
     end
-    if #chunk > 0 then
-      local scores = scores_of(chunk, seens)
-      for j = 1, #chunk do
-        local s = scores[j]
-        if s and tonumber(s) >= cutoff then
-          -- A driver caught mid-move in two shards counts once, at its latest fix.
-          local seen_at = picked_at[chunk[j]]
-          if seen_at == nil then
-            picked[#picked + 1] = {from[j], chunk[j], s}
-            picked_at[chunk[j]] = #picked
-          elseif tonumber(s) > tonumber(picked[seen_at][3]) then
-            picked[seen_at] = {from[j], chunk[j], s}
+    -- Merge the sets nearest first up to the horizon, keeping fresh drivers, until `count`.
+    picked = {}
+    local picked_at = {}
+    local at = {}
+    for i = 1, nsets do at[i] = 1 end
+    local exhausted = false
+    while not exhausted and (count == 0 or #picked < count) do
+      local need = count == 0 and math.huge or count - #picked
+      local chunk, seens, from = {}, {}, {}
+      while #chunk < need do
+        local best, nearest = 0, horizon
+        for i = 1, nsets do
+          local d = dists[i][at[i]]
+          if d ~= nil and d <= nearest then best, nearest = i, d end
+        end
+        if best == 0 then
+          exhausted = true
+          break
+        end
+        chunk[#chunk + 1] = members[best][at[best]]
+        seens[#seens + 1] = sets[best][2]
+        from[#from + 1] = best
+        at[best] = at[best] + 1
+      end
+      if #chunk > 0 then
+        local scores = scores_of(chunk, seens)
+        for j = 1, #chunk do
+          local s = scores[j]
+          if s and tonumber(s) >= cutoff then
+            -- A driver caught mid-move in two shards counts once, at its latest fix.
+            local seen_at = picked_at[chunk[j]]
+            if seen_at == nil then
+              picked[#picked + 1] = {from[j], chunk[j], s}
+              picked_at[chunk[j]] = #picked
+            elseif tonumber(s) > tonumber(picked[seen_at][3]) then
+              picked[seen_at] = {from[j], chunk[j], s}
+            end
           end
         end
       end
     end
-  end
-  search = false
-  if count > 0 and #picked == count then
-    truncated = 1
-  elseif horizon < math.huge then
-    -- Stale drivers used up the rows of a set that holds more: look further in those.
-    for i = 1, nsets do
-      if full[i] then
-        ask[i] = ask[i] * 4
-        members[i] = nil
+    search = false
+    if count > 0 and #picked == count then
+      truncated = 1
+    elseif horizon < math.huge then
+      -- Stale drivers used up the rows of a set that holds more: look further in those.
+      for i = 1, nsets do
+        if full[i] then
+          ask[i] = ask[i] * 4
+          members[i] = nil
+        end
       end
+      search = true
     end
-    search = true
   end
 end
 
@@ -534,11 +593,7 @@ for _, p in ipairs(polars) do
   end
 end
 
-local out = {truncated, table.concat(lines, '\\n'), table.concat(polar, '\\n')}
-if ARGV[6] == '1' then
-  for i = 1, nsets do out[#out + 1] = redis.call('ZCARD', sets[i][1]) end
-end
-return out
+return {truncated, table.concat(lines, '\\n'), table.concat(polar, '\\n'), searched}
 """
 
 
@@ -615,8 +670,6 @@ class _Group:
 
     keys: list[bytes] = field(default_factory=list)
     layout: list[int] = field(default_factory=list)
-    #: (shard, vehicle) of each GEO set, in key order: the sizes the script may report.
-    sets: list[tuple[str, int]] = field(default_factory=list)
     shards: int = 0
 
 
@@ -636,7 +689,7 @@ class GeoIndex:
         redis: Redis,
         *,
         presence_ttl_s: float = 30.0,
-        steps_m: tuple[float, ...] = (500, 1000, 2000, 5000, 10000, 20000, 50000),
+        steps_m: tuple[float, ...] = DEFAULT_STEPS_M,
         prefix: str = KEY_PREFIX,
     ) -> None:
         """``prefix`` starts every key (tests and benchmarks use their own); no braces in it."""
@@ -653,8 +706,6 @@ class GeoIndex:
         self._shards_key = shards_key(prefix).encode()
         # When this process last told the shard set about a shard (monotonic seconds).
         self._announced: dict[str, float] = {}
-        # Per shard: when its density was learnt (monotonic s) and drivers per m² per vehicle.
-        self._density: dict[str, tuple[float, tuple[float, ...]]] = {}
 
     @property
     def presence_ttl_s(self) -> float:
@@ -694,18 +745,19 @@ class GeoIndex:
                 pipe.execute_command("ZREM", keys.geo[old], driver)
                 if keys.is_polar:
                     pipe.execute_command("HDEL", keys.polar[old], driver)
-        # Presence first: a reader between the two commands sees the driver fresh or not at all.
-        pipe.execute_command("ZADD", keys.seen, entry.fix_time_ms, driver)
-        if not keys.is_polar:
+        # Presence first: a reader between the commands sees the driver fresh or not at all.
+        pipe.execute_command("ZADD", keys.seen, presence_score(entry.fix_time_ms, vehicle), driver)
+        if not keys.is_polar or -GEO_LAT_MAX <= lat <= GEO_LAT_MAX:
             pipe.execute_command("GEOADD", keys.geo[vehicle], lng, lat, driver)
-        elif -GEO_LAT_MAX <= lat <= GEO_LAT_MAX:
-            # A shard straddling the limit: a driver crossing it must leave the other structure.
-            pipe.execute_command("GEOADD", keys.geo[vehicle], lng, lat, driver)
-            pipe.execute_command("HDEL", keys.polar[vehicle], driver)
+            pipe.execute_command("GEOADD", keys.geo[_ANY], lng, lat, driver)
+            if keys.is_polar:
+                # A shard straddling the limit: a driver crossing it leaves the other structure.
+                pipe.execute_command("HDEL", keys.polar[vehicle], driver)
         else:
             pipe.execute_command("HSET", keys.polar[vehicle], driver, f"{lat!r},{lng!r}")
             if not keys.all_polar:
                 pipe.execute_command("ZREM", keys.geo[vehicle], driver)
+                pipe.execute_command("ZREM", keys.geo[_ANY], driver)
         now = time.monotonic()
         if now - self._announced.get(shard, -_ANNOUNCE_EVERY_S) >= _ANNOUNCE_EVERY_S:
             pipe.execute_command("SADD", self._shards_key, shard)
@@ -721,9 +773,10 @@ class GeoIndex:
         """:meth:`queue_upsert` for many drivers at once; returns each one's shard.
 
         The GPS hot path: drivers that stay in their shard (nearly all of them, every tick)
-        share one ZADD per shard and one GEOADD per shard and vehicle, instead of two commands
-        each. Moves between shards, vehicle changes and polar positions take the one-by-one
-        path. ``shards``, when given, holds each entry's :func:`shard_of`.
+        share one ZADD per shard and one GEOADD per shard and vehicle (and one for the shard's
+        ``any`` set), instead of three commands each. Moves between shards, vehicle changes and
+        polar positions take the one-by-one path. ``shards``, when given, holds each entry's
+        :func:`shard_of`.
         """
         seen: dict[bytes, list[Any]] = {}
         geo: dict[bytes, list[Any]] = {}
@@ -742,8 +795,12 @@ class GeoIndex:
             ):
                 shards.append(self.queue_upsert(pipe, entry, previous_shard))
                 continue
-            seen.setdefault(keys.seen, []).extend((entry.fix_time_ms, entry.driver_id))
-            geo.setdefault(keys.geo[vehicle], []).extend((entry.lng, entry.lat, entry.driver_id))
+            seen.setdefault(keys.seen, []).extend(
+                (entry.fix_time_ms + vehicle * _VEHICLE_FRACTION, entry.driver_id)
+            )
+            point = (entry.lng, entry.lat, entry.driver_id)
+            geo.setdefault(keys.geo[vehicle], []).extend(point)
+            geo.setdefault(keys.geo[_ANY], []).extend(point)
             shards.append(shard)
         # Presence first, as in queue_upsert: a reader sees a driver fresh or not at all.
         for key, args in seen.items():
@@ -760,7 +817,7 @@ class GeoIndex:
     def queue_remove(self, pipe: Any, driver_id: str, shard: str) -> None:
         """Queues taking a driver (gone busy or offline, or moved away) out of ``shard``."""
         keys = _shard_keys(self._prefix, shard)
-        # One ZREM per vehicle: the caller need not know which set holds the driver.
+        # One ZREM per GEO set: the caller need not know which vehicle's set holds the driver.
         if not keys.all_polar:
             for key in keys.geo:
                 pipe.execute_command("ZREM", key, driver_id)
@@ -785,13 +842,13 @@ class GeoIndex:
 
         Exact: the same answer as measuring every indexed driver (at its stored position) with
         :func:`mesh.geo.haversine_m`; equal distances are ordered by driver id. The radius
-        grows step by step and stops at the first step that holds ``limit`` drivers, so a
-        dense city is answered from a few hundred metres around the centre.
+        grows step by step (in Redis, one script run for as long as the shards it spans stay
+        the same) and stops at the first step that holds ``limit`` drivers.
         """
         if not valid_lat_lng(lat, lng):
             raise ValueError(f"not a position: {lat}, {lng}")
         if vehicle is None:
-            vehicles = _ALL_VEHICLES
+            vehicles = _ANY_VEHICLE
         else:
             index = _VEHICLE_INDEX.get(vehicle)
             if index is None:
@@ -800,84 +857,82 @@ class GeoIndex:
         if limit <= 0 or not radius_m >= 0:
             return []
         cutoff = (_now_ms() if now_ms is None else now_ms) - self._ttl_ms
+        polar_centre = lat > GEO_LAT_MAX or lat < -GEO_LAT_MAX
+        # A centre beyond Redis's GEO limit is searched in one go (see _search).
+        steps = [radius_m] if polar_centre else self._steps_for(radius_m)
         count = limit
-        hits: list[_Hit] = []
-        for step in self._steps_for(shard_of(lat, lng), vehicles, limit, radius_m):
-            while True:
-                hits, horizon = await self._search(lat, lng, step, count, vehicles, cutoff)
-                # Everything up to `exact` is known; past it a truncated set may hide nearer ones.
-                exact = step if horizon > step else horizon
-                known = [h for h in hits if h[0] <= exact]
-                if len(known) >= limit:
-                    known.sort()
-                    return [_nearby(h) for h in known[:limit]]
-                if horizon >= step:
-                    break
-                # Only duplicates (a driver caught mid-move in two shards) get here: ask for more.
+        while True:
+            # One script run covers several steps, over every shard the largest of them
+            # touches (an extra shard costs a GEOSEARCH of a few boxes per step, a second run
+            # a round trip). On a cluster each shard runs its own script, and one that grew
+            # on its own would search far beyond what the others need: there a run spans
+            # several shards only for one step.
+            batch = min(len(steps), 1 if self._cluster else _STEPS_PER_RUN)
+            shards = shards_for_circle(lat, lng, steps[batch - 1])
+            if len(shards) == 1:
+                # Deep inside one shard: every step that stays inside joins the run.
+                room = room_in_shard_m(lat, lng)
+                while batch < len(steps) and steps[batch] + _SHARD_SLACK_M < room:
+                    batch += 1
+            hits, horizon, reached = await self._search(
+                lat, lng, steps[:batch], shards, count, vehicles, cutoff
+            )
+            # Everything up to `exact` is known; past it a truncated set may hide nearer ones.
+            bound = radius_m if reached >= radius_m else reached + _RIM_M
+            exact = min(bound, horizon)
+            known = [h for h in hits if h[0] <= exact]
+            if len(known) >= limit or exact >= radius_m:
+                known.sort()
+                return [_nearby(h) for h in known[:limit]]
+            if horizon < bound:
+                # Only duplicates (a driver caught mid-move in two shards) get here: ask for
+                # more, from the step that came up short.
                 count *= 4
-        hits.sort()
-        return [_nearby(h) for h in hits[:limit]]
+                steps = [s for s in steps if s >= reached]
+            else:
+                steps = [s for s in steps if s > reached]
 
-    def _steps_for(
-        self, shard: str, vehicles: tuple[int, ...], limit: int, radius_m: float
-    ) -> list[float]:
-        """The radii to try, ending with ``radius_m``.
-
-        Redis's cost grows with the area it scans, which it picks in geohash boxes that
-        double in size at fixed radii (about 288 m x 2^j at mid latitudes). So once the centre
-        shard's density is known, the first radius is the smallest of those steps expected to
-        hold plenty of drivers (rarely too few: a second round trip costs more than a larger
-        first area), and each next one doubles. Before that, the configured ``steps_m``.
-        """
-        density = self._density.get(shard)
-        per_m2 = sum(density[1][v] for v in vehicles) if density is not None else 0.0
-        if per_m2 <= 0:
-            return [*(s for s in self._steps if s < radius_m), radius_m]
-        wanted = _FIRST_STEP_DRIVERS_PER_RESULT * limit + _FIRST_STEP_EXTRA_DRIVERS
-        step = _GEOHASH_STEP_M
-        while step * step * math.pi * per_m2 < wanted and step < radius_m:
-            step *= 2
-        while step / 2 >= _FIRST_STEP_MIN_M and (step / 2) ** 2 * math.pi * per_m2 >= wanted:
-            step /= 2
-        steps = []
-        while step < radius_m:
-            steps.append(step)
-            step *= 2
-        steps.append(radius_m)
-        return steps
+    def _steps_for(self, radius_m: float) -> list[float]:
+        """The radii to try, ending with ``radius_m``: the configured steps below it."""
+        return [*(s for s in self._steps if s < radius_m), radius_m]
 
     async def _search(
         self,
         lat: float,
         lng: float,
-        radius_m: float,
+        steps: Sequence[float],
+        shards: Sequence[str],
         count: int,
         vehicles: tuple[int, ...],
         cutoff_ms: int,
-    ) -> tuple[list[_Hit], float]:
-        """One step: fresh drivers within ``radius_m`` and the distance up to which they are all.
+    ) -> tuple[list[_Hit], float, float]:
+        """Fresh drivers within the first of ``steps`` that holds ``count`` (or the last one).
 
-        Returns the hits (one per driver) and the horizon: the smallest distance of the farthest
-        hit of a shard that may hold more beyond it (``inf`` when no shard was cut short).
+        Returns the hits (one per driver) within the radius the search reached (and its rim:
+        :data:`_RIM_M`), the horizon
+        (the smallest distance of the farthest hit of a shard that may hold more beyond it;
+        ``inf`` when no shard was cut short) and the radius reached.
         """
         # Redis refuses GEO centres beyond GEO_LAT_MAX: search those sets from the nearest
         # centre it accepts, with the radius grown by the gap, and without COUNT: the order
         # would not be ours, and nobody drives there, so "all" is a handful.
         geo_count = count
         geo_lat = lat
-        geo_radius = radius_m
+        gap = 0.0
         if lat > GEO_LAT_MAX or lat < -GEO_LAT_MAX:
             geo_lat = math.copysign(GEO_LAT_MAX, lat)
             gap = haversine_m(lat, lng, geo_lat, lng)
-            geo_radius = radius_m + gap if gap <= radius_m else -1.0
             geo_count = 0
-        redis_radius = geo_radius * _REDIS_RADIUS_FACTOR + _REDIS_RADIUS_SLACK_M
-        now = time.monotonic()
+        search_geo = gap <= steps[-1]
+        radii = [(s + gap) * _REDIS_RADIUS_FACTOR + _REDIS_RADIUS_SLACK_M for s in steps]
         groups: list[_Group] = []
-        for shard in shards_for_circle(lat, lng, radius_m):
+        for shard in shards:
             keys = _shard_keys(self._prefix, shard)
-            geo = () if keys.all_polar or geo_radius < 0 else vehicles
-            polar = vehicles if keys.is_polar else ()
+            geo = () if keys.all_polar or not search_geo else vehicles
+            # Polar drivers are kept per vehicle only.
+            polar = (
+                () if not keys.is_polar else _ALL_VEHICLES if vehicles == _ANY_VEHICLE else vehicles
+            )
             if not geo and not polar:
                 continue
             if self._cluster or not groups:
@@ -887,62 +942,48 @@ class GeoIndex:
             group.keys.extend(keys.geo[v] for v in geo)
             group.keys.extend(keys.polar[v] for v in polar)
             group.layout.extend((len(geo), len(polar), *geo, *polar))
-            group.sets.extend((shard, v) for v in geo)
             group.shards += 1
         if not groups:
-            return [], math.inf
-        # Learn the shards' density now and then, for the first step of later searches.
-        want_sizes = False
-        for group in groups:
-            for shard, _ in group.sets:
-                density = self._density.get(shard)
-                if density is None or now - density[0] > _DENSITY_EVERY_S:
-                    want_sizes = True
-        argv = [lng, geo_lat, redis_radius, geo_count, cutoff_ms, int(want_sizes)]
+            return [], math.inf, steps[-1]
+        argv = [lng, geo_lat, geo_count, cutoff_ms, len(radii), *radii]
         calls = [(_SEARCH, g.keys, [*argv, g.shards, *g.layout]) for g in groups]
         replies = await _run_scripts(self._redis, calls)
+        # Groups run the same steps, and only one step when there are several (find_nearby).
+        reached = steps[max(int(reply[3]) for reply in replies) - 1]
+        within = reached + _RIM_M
 
         best: dict[bytes, _Hit] = {}
         horizon = math.inf
-        for reply, group in zip(replies, groups, strict=True):
+        for reply in replies:
             truncated, geo_hits, polar_hits = reply[0], reply[1], reply[2]
             farthest = 0.0
             if geo_hits:
                 for line in geo_hits.split(b"\n"):
-                    raw_lng, raw_lat, raw_fix, raw_vehicle, driver = line.split(b" ", 4)
+                    raw_lng, raw_lat, raw_score, raw_vehicle, driver = line.split(b" ", 4)
                     hit_lat, hit_lng = float(raw_lat), float(raw_lng)
                     distance = haversine_m(lat, lng, hit_lat, hit_lng)
                     if distance > farthest:
                         farthest = distance
-                    if distance <= radius_m:
-                        hit = (distance, driver, hit_lat, hit_lng, int(raw_fix), int(raw_vehicle))
-                        _keep(best, hit)
+                    if distance <= within:
+                        fix_ms, vehicle = parse_presence(raw_score)
+                        if raw_vehicle != _ANY_BYTES:
+                            vehicle = int(raw_vehicle)
+                        _keep(best, (distance, driver, hit_lat, hit_lng, fix_ms, vehicle))
             # Redis ranked by its own distance, which orders as ours does up to float
             # rounding: the farthest hit (not merely the last) bounds the ones left out.
             if truncated and farthest < horizon:
                 horizon = farthest
             if polar_hits:
                 for line in polar_hits.split(b"\n"):
-                    position, raw_fix, raw_vehicle, driver = line.split(b" ", 3)
+                    position, raw_score, raw_vehicle, driver = line.split(b" ", 3)
                     raw_lat, _, raw_lng = position.partition(b",")
                     hit_lat, hit_lng = float(raw_lat), float(raw_lng)
                     distance = haversine_m(lat, lng, hit_lat, hit_lng)
-                    if distance <= radius_m:
-                        hit = (distance, driver, hit_lat, hit_lng, int(raw_fix), int(raw_vehicle))
+                    if distance <= within:
+                        fix_ms, _ = parse_presence(raw_score)
+                        hit = (distance, driver, hit_lat, hit_lng, fix_ms, int(raw_vehicle))
                         _keep(best, hit)
-            if want_sizes:
-                self._learn_density(group.sets, reply[3:], now)
-        return list(best.values()), horizon
-
-    def _learn_density(
-        self, sets: Sequence[tuple[str, int]], sizes: Sequence[int], now: float
-    ) -> None:
-        """Records drivers per square metre of each (shard, vehicle) set that was sized."""
-        for (shard, vehicle), size in zip(sets, sizes, strict=True):
-            old = self._density.get(shard)
-            per_m2 = list(old[1]) if old is not None else [0.0] * len(VEHICLES)
-            per_m2[vehicle] = int(size) / cell_geometry(shard).area_m2
-            self._density[shard] = (now, tuple(per_m2))
+        return list(best.values()), horizon, reached
 
     # --- presence ----------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from location_svc.store.geo_index import (
+    DEFAULT_STEPS_M,
     GEO_LAT_MAX,
+    GEO_SETS,
     VEHICLES,
     GeoIndex,
     IndexEntry,
@@ -58,10 +60,11 @@ class Scratch:
     async def holders(self, driver_id: str, shard: str) -> list[str]:
         """Which of the shard's keys still hold the driver."""
         found = []
-        for vehicle in VEHICLES:
-            key = geo_key(shard, vehicle, self.prefix)
+        for name in GEO_SETS:
+            key = geo_key(shard, name, self.prefix)
             if await self.redis.zscore(key, driver_id) is not None:
                 found.append(key)
+        for vehicle in VEHICLES:
             key = polar_key(shard, vehicle, self.prefix)
             if await self.redis.hexists(key, driver_id):  # type: ignore[misc]
                 found.append(key)
@@ -85,7 +88,7 @@ class Scratch:
             shard = raw.decode() if isinstance(raw, bytes) else str(raw)
             # One DEL per key: in a cluster a DEL may not span slots, and these share one.
             keys = [seen_key(shard, self.prefix)]
-            keys += [geo_key(shard, v, self.prefix) for v in VEHICLES]
+            keys += [geo_key(shard, v, self.prefix) for v in GEO_SETS]
             keys += [polar_key(shard, v, self.prefix) for v in VEHICLES]
             await self.redis.delete(*keys)
         await self.redis.delete(shards_key(self.prefix))
@@ -160,7 +163,7 @@ async def test_find_nearby_equals_brute_force(any_redis: Redis) -> None:
         kind = KINDS[seed % len(KINDS)]
         prefix = f"t{uuid.uuid4().hex[:10]}"
         # Small steps on some seeds so that several steps (and their stopping rule) run.
-        steps = (500.0, 1000.0, 2000.0, 5000.0) if seed % 2 else (50.0, 120.0, 400.0)
+        steps = [DEFAULT_STEPS_M, (500.0, 1000.0, 2000.0, 5000.0), (50.0, 120.0, 400.0)][seed % 3]
         scratch = Scratch(
             any_redis,
             prefix,
@@ -314,7 +317,14 @@ async def test_moving_across_a_shard_boundary_leaves_no_copy(scratch: Scratch) -
     [new] = await scratch.put(IndexEntry("mover", *after, "van", now_ms()), previous=old)
     assert old != new
     assert await scratch.holders("mover", old) == []
-    assert len(await scratch.holders("mover", new)) == 2  # its van set and presence
+    # Its van set, the any set and presence.
+    assert sorted(await scratch.holders("mover", new)) == sorted(
+        [
+            geo_key(new, "van", scratch.prefix),
+            geo_key(new, "any", scratch.prefix),
+            seen_key(new, scratch.prefix),
+        ]
+    )
     found = await scratch.index.find_nearby(lat, lng, 500, 10)
     assert [n.driver_id for n in found] == ["mover"]
     assert haversine_m(found[0].lat, found[0].lng, *after) < 1.0
@@ -352,7 +362,7 @@ async def test_polar_drivers_are_found_and_cross_the_geo_limit_cleanly(scratch: 
     )
     hits = await scratch.index.find_nearby(GEO_LAT_MAX, lng, 1_000, 5)
     assert [n.driver_id for n in hits] == ["crosser"]
-    assert len(await scratch.holders("crosser", below)) == 2
+    assert len(await scratch.holders("crosser", below)) == 3  # car, any, presence
 
 
 async def test_a_driver_caught_in_two_shards_is_reported_once(

@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from location_svc.store.geo_index import (
+    GEO_SETS,
     SHARD_RES,
     VEHICLES,
     cell_geometry,
     driver_key,
     geo_key,
+    parse_presence,
     polar_key,
+    presence_score,
     seen_key,
     shard_of,
     shards_for_circle,
@@ -89,7 +92,7 @@ def test_shard_of_is_the_h3_cell_at_shard_resolution() -> None:
 def test_every_key_of_a_shard_shares_one_cluster_slot() -> None:
     shard = shard_of(52.52, 13.405)
     keys = [seen_key(shard)]
-    keys += [geo_key(shard, v) for v in VEHICLES] + [polar_key(shard, v) for v in VEHICLES]
+    keys += [geo_key(shard, v) for v in GEO_SETS] + [polar_key(shard, v) for v in VEHICLES]
     assert {key_slot(k.encode()) for k in keys} == {key_slot(shard.encode())}
     assert all(f"{{{shard}}}" in k for k in keys)
     # Drivers spread over the cluster by their own tag.
@@ -157,3 +160,21 @@ def test_shard_selection_stays_small() -> None:
         # rare extra one from the slack); five km a handful.
         assert len(shards_for_circle(lat, lng, 300)) <= 4
         assert len(shards_for_circle(lat, lng, 5_000)) <= 9
+
+
+@given(
+    fix_ms=st.integers(min_value=0, max_value=2**47),
+    vehicle=st.integers(min_value=0, max_value=len(VEHICLES) - 1),
+    cutoff_delta=st.integers(min_value=-3, max_value=3),
+)
+def test_presence_score_keeps_fix_time_and_vehicle(
+    fix_ms: int, vehicle: int, cutoff_delta: int
+) -> None:
+    score = presence_score(fix_ms, vehicle)
+    # As Redis stores and prints it (a double, %.17g), and as Python formats it to send.
+    for raw in (repr(score).encode(), b"%.17g" % score):
+        assert parse_presence(raw) == (fix_ms, vehicle)
+    # A whole-millisecond cutoff sees the fix time alone: the vehicle never makes a fix fresher.
+    cutoff = fix_ms + cutoff_delta
+    assert (score >= cutoff) == (fix_ms >= cutoff)
+    assert (score < cutoff) == (fix_ms < cutoff)
