@@ -387,11 +387,11 @@ def _shard_keys(prefix: str, shard: str) -> _ShardKeys:
 # radius whose presence is fresh, over the shards' GEO sets (every fresh one with count 0), and
 # the fresh drivers of their polar hashes.
 # Each set's COUNT nearest come back with Redis's distance (its earth radius ranks as ours does);
-# a merge in distance order then checks presence only for as many as it needs, and fetches
-# coordinates only for the winners, because Redis spends more time formatting coordinates than
-# finding points. Stale drivers crowding a set's COUNT make it look further instead of
-# answering short. Hits come packed in one string per kind, as parsing each reply element
-# costs the Python client microseconds.
+# a merge in distance order then checks presence only for as many as it needs. Each set's rows
+# are at most `count` (COUNT), so their coordinates come with them (WITHCOORD): a GEOPOS for the
+# winners would cost more than the few rows formatted in vain. Stale drivers crowding a set's
+# COUNT make it look further instead of answering short. Hits come packed in one string per
+# kind, as parsing each reply element costs the Python client microseconds.
 #   KEYS: per shard: seen, geo sets..., polar hashes...
 #   ARGV: lng, lat, count (0: all), cutoff_ms, number of radii, the radii (m, ascending),
 #         number of shards, then per shard: number of geo sets, number of polar hashes, the
@@ -459,7 +459,7 @@ local searched = 0
 while truncated == 0 and searched < nradii do
   searched = searched + 1
   local radius = ARGV[5 + searched]
-  local ask, members, dists, full = {}, {}, {}, {}
+  local ask, members, dists, coords, full = {}, {}, {}, {}, {}
   for i = 1, nsets do ask[i] = count end
   local search = true
   while search do
@@ -470,17 +470,19 @@ while truncated == 0 and searched < nradii do
         local rows
         if count == 0 then
           rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
-                            'BYRADIUS', radius, 'm', 'WITHDIST')
+                            'BYRADIUS', radius, 'm', 'WITHDIST', 'WITHCOORD')
         else
           rows = redis.call('GEOSEARCH', sets[i][1], 'FROMLONLAT', lng, lat,
-                            'BYRADIUS', radius, 'm', 'ASC', 'COUNT', ask[i], 'WITHDIST')
+                            'BYRADIUS', radius, 'm', 'ASC', 'COUNT', ask[i], 'WITHDIST',
+                            'WITHCOORD')
         end
-        local m, d = {}, {}
+        local m, d, c = {}, {}, {}
         for j = 1, #rows do
           m[j] = rows[j][1]
           d[j] = tonumber(rows[j][2])
+          c[j] = rows[j][3]
         end
-        members[i], dists[i] = m, d
+        members[i], dists[i], coords[i] = m, d, c
         full[i] = count > 0 and #rows == ask[i]
       end
       -- A full set may hold more drivers past its last row: nothing beyond that is known.
@@ -499,7 +501,7 @@ while truncated == 0 and searched < nradii do
     local exhausted = false
     while not exhausted and (count == 0 or #picked < count) do
       local need = count == 0 and math.huge or count - #picked
-      local chunk, seens, from = {}, {}, {}
+      local chunk, seens, from, xys = {}, {}, {}, {}
       while #chunk < need do
         local best, nearest = 0, horizon
         for i = 1, nsets do
@@ -513,6 +515,7 @@ while truncated == 0 and searched < nradii do
         chunk[#chunk + 1] = members[best][at[best]]
         seens[#seens + 1] = sets[best][2]
         from[#from + 1] = best
+        xys[#xys + 1] = coords[best][at[best]]
         at[best] = at[best] + 1
       end
       if #chunk > 0 then
@@ -523,10 +526,10 @@ while truncated == 0 and searched < nradii do
             -- A driver caught mid-move in two shards counts once, at its latest fix.
             local seen_at = picked_at[chunk[j]]
             if seen_at == nil then
-              picked[#picked + 1] = {from[j], chunk[j], s}
+              picked[#picked + 1] = {from[j], chunk[j], s, xys[j]}
               picked_at[chunk[j]] = #picked
             elseif tonumber(s) > tonumber(picked[seen_at][3]) then
-              picked[seen_at] = {from[j], chunk[j], s}
+              picked[seen_at] = {from[j], chunk[j], s, xys[j]}
             end
           end
         end
@@ -548,29 +551,11 @@ while truncated == 0 and searched < nradii do
   end
 end
 
--- Coordinates of the winners only, one GEOPOS per set.
 local lines = {}
-if #picked > 0 then
-  local by_set, order = {}, {}
-  for j = 1, #picked do
-    local i = picked[j][1]
-    if by_set[i] == nil then
-      by_set[i] = {}
-      order[#order + 1] = i
-    end
-    by_set[i][#by_set[i] + 1] = j
-  end
-  for _, i in ipairs(order) do
-    local js = by_set[i]
-    local ids = {}
-    for n = 1, #js do ids[n] = picked[js[n]][2] end
-    local coords = redis.call('GEOPOS', sets[i][1], unpack(ids))
-    for n = 1, #js do
-      local hit = picked[js[n]]
-      local xy = coords[n]
-      lines[js[n]] = xy[1] .. ' ' .. xy[2] .. ' ' .. hit[3] .. ' ' .. sets[i][3] .. ' ' .. hit[2]
-    end
-  end
+for j = 1, #picked do
+  local hit = picked[j]
+  local xy = hit[4]
+  lines[j] = xy[1] .. ' ' .. xy[2] .. ' ' .. hit[3] .. ' ' .. sets[hit[1]][3] .. ' ' .. hit[2]
 end
 
 local polar = {}
