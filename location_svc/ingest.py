@@ -91,7 +91,9 @@ class Ingest:
     history: HistoryWriter
     #: Seconds fixes wait for company before a pipeline goes out.
     tick_s: float = 0.004
-    #: Called with every stored live update (arrival detection hooks in here).
+    #: Called with every stored live update (arrival detection hooks in here), from a task of
+    #: its own: its round trips never hold up the next tick. Updates reach it in the order
+    #: they were stored; when it falls behind it gets several ticks' worth in one call.
     on_stored: Callable[[list[Update]], Awaitable[None]] | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     _pending: list[Update] = field(default_factory=list)
@@ -99,6 +101,9 @@ class Ingest:
     _stopping: bool = False
     _watched: frozenset[str] = frozenset()
     _tick_done: asyncio.Future[None] | None = None
+    _stored: list[Update] = field(default_factory=list)
+    _stored_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _ticks_over: bool = False
 
     def submit(self, update: Update) -> asyncio.Future[None]:
         """Queues ``update`` for the next tick; the returned future resolves once it is stored."""
@@ -112,6 +117,17 @@ class Ingest:
 
     async def run(self) -> None:
         """Flushes a pipeline per tick until :meth:`stop`; refreshes the watched set each second."""
+        hook = asyncio.create_task(self._run_hook()) if self.on_stored is not None else None
+        try:
+            await self._run_ticks()
+        finally:
+            self._ticks_over = True
+            if hook is not None:
+                # Whatever was stored still reaches the hook before run returns.
+                self._stored_wake.set()
+                await hook
+
+    async def _run_ticks(self) -> None:
         refresh_at = 0.0
         while not self._stopping or self._pending:
             await self._wake.wait()
@@ -211,10 +227,23 @@ class Ingest:
         if done is not None and not done.done():
             done.set_result(None)
         if self.on_stored is not None:
-            try:
-                await self.on_stored(stored)
-            except Exception:
-                logger.exception("a stored-fix hook failed")
+            self._stored.extend(stored)
+            self._stored_wake.set()
+
+    async def _run_hook(self) -> None:
+        """Hands stored updates to ``on_stored`` until the ticks are over and it has them all."""
+        assert self.on_stored is not None
+        while True:
+            await self._stored_wake.wait()
+            self._stored_wake.clear()
+            updates, self._stored = self._stored, []
+            if updates:
+                try:
+                    await self.on_stored(updates)
+                except Exception:
+                    logger.exception("a stored-fix hook failed")
+            if self._ticks_over and not self._stored:
+                return
 
     async def _refresh_watched(self) -> None:
         now_ms = int(time.time() * 1000)
