@@ -91,6 +91,8 @@ _ANY_BYTES = str(_ANY).encode()
 #: Presence scores carry the vehicle index in this fraction of a millisecond (exact in a double
 #: for fix times up to 2^49 ms, about the year 19800).
 _VEHICLE_FRACTION = 0.125
+# The fraction of each vehicle's presence score, as text.
+_SCORE_FRACTIONS = tuple((b"%.3f" % (v * _VEHICLE_FRACTION))[1:] for v in range(len(VEHICLES)))
 
 
 def shard_of(lat: float, lng: float) -> str:
@@ -780,10 +782,13 @@ class GeoIndex:
             ):
                 shards.append(self.queue_upsert(pipe, entry, previous_shard))
                 continue
+            # Numbers go out formatted here, once each: the generic float formatting on the
+            # way to Redis costs more than the rest of a fix's filing.
             seen.setdefault(keys.seen, []).extend(
-                (entry.fix_time_ms + vehicle * _VEHICLE_FRACTION, entry.driver_id)
+                (b"%d%s" % (entry.fix_time_ms, _SCORE_FRACTIONS[vehicle]), entry.driver_id)
             )
-            point = (entry.lng, entry.lat, entry.driver_id)
+            # 1e-7 degrees (about a centimetre): finer than the geohash Redis stores.
+            point = (b"%.7f" % entry.lng, b"%.7f" % entry.lat, entry.driver_id)
             geo.setdefault(keys.geo[vehicle], []).extend(point)
             geo.setdefault(keys.geo[_ANY], []).extend(point)
             shards.append(shard)
