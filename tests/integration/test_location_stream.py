@@ -370,3 +370,59 @@ async def test_watchers_get_live_positions_throttled(world: World) -> None:
         sender.cancel()
         watch.cancel()
         await stream.close()
+
+
+async def test_a_watcher_gets_at_most_one_position_per_interval_and_the_latest_last(
+    world: World,
+) -> None:
+    driver = await _available_driver(world)
+    lat, lng = _spot()
+    interval = 1.5
+    watch = world.location.WatchDriverLocation(
+        location_service_pb2.WatchDriverLocationRequest(
+            driver_id=driver.user_id,
+            min_interval_duration=duration_pb2.Duration(seconds=1, nanos=500_000_000),
+        ),
+        metadata=world.market.matching,
+    )
+    await asyncio.wait_for(watch.read(), 10)  # the current position (none yet)
+    stream = Stream(world, driver)
+    received: list[tuple[float, float]] = []  # (when, latitude)
+    heard = asyncio.Event()
+
+    async def read_all() -> None:
+        while True:
+            update = await watch.read()
+            received.append((time.monotonic(), update.location.position.latitude))
+            heard.set()
+
+    reader = asyncio.create_task(read_all())
+    step = 0
+    try:
+        # Fixes as fast as the stream acks them (an ack at most every 0.5 s) until the watcher
+        # hears one (the watched set is refreshed each second), then 15 more: about three
+        # per interval.
+        while not received:
+            step += 1
+            await stream.send(_fix(*_north(lat, lng, 5 * step), seq=step))
+            await stream.ack()
+            await asyncio.sleep(0.05)
+        for _ in range(15):
+            step += 1
+            await stream.send(_fix(*_north(lat, lng, 5 * step), seq=step))
+            await stream.ack()
+            await asyncio.sleep(0.05)
+        last = _north(lat, lng, 5 * step)[0]
+        # The newest position is held back, not dropped: it comes once the interval is up.
+        while True:
+            heard.clear()
+            if received[-1][1] == pytest.approx(last):
+                break
+            await heard.wait()
+    finally:
+        reader.cancel()
+        watch.cancel()
+        await stream.close()
+    first, final = received[0][0], received[-1][0]
+    # However slow the machine, no more than one update per interval after the first.
+    assert len(received) <= 2 + (final - first) / interval, received
