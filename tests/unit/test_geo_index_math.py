@@ -14,12 +14,15 @@ from location_svc.store.geo_index import (
     GEO_SETS,
     SHARD_RES,
     VEHICLES,
+    _edge_distance_m,
+    _unit,
     cell_geometry,
     driver_key,
     geo_key,
     parse_presence,
     polar_key,
     presence_score,
+    room_in_shard_m,
     seen_key,
     shard_of,
     shards_for_circle,
@@ -178,3 +181,20 @@ def test_presence_score_keeps_fix_time_and_vehicle(
     cutoff = fix_ms + cutoff_delta
     assert (score >= cutoff) == (fix_ms >= cutoff)
     assert (score < cutoff) == (fix_ms < cutoff)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lat=st.floats(min_value=-89.0, max_value=89.0),
+    lng=st.floats(min_value=-180.0, max_value=180.0),
+)
+def test_room_in_shard_is_a_safe_lower_bound(lat: float, lng: float) -> None:
+    shard, room = room_in_shard_m(lat, lng)
+    assert shard == shard_of(lat, lng)
+    p = _unit(lat, lng)
+    exact = min(_edge_distance_m(p, e) for e in cell_geometry(shard).edges)
+    assert 0.0 <= room <= exact + 1e-6
+    # A circle that stays within the room (less shard selection's 5 m of slack) touches no
+    # other shard.
+    if room > 6.0:
+        assert shards_for_circle(lat, lng, room - 6.0) == [shard]
