@@ -44,15 +44,21 @@ VEHICLE_FROM_PROTO = {v: k for k, v in VEHICLE_TO_PROTO.items()}
 
 def fix_from_proto(fix: location_pb2.LocationFix) -> Fix:
     """A domain fix; a missing position or time becomes NaN / 0 and fails the sanity checks."""
-    has_position = fix.HasField("position")
+    # Positional, and each sub-message read once: this runs for every fix received.
+    t = fix.device_time
+    if fix.HasField("position"):
+        position = fix.position
+        lat, lng = position.latitude, position.longitude
+    else:
+        lat = lng = math.nan
     return Fix(
-        lat=fix.position.latitude if has_position else math.nan,
-        lng=fix.position.longitude if has_position else math.nan,
-        accuracy_m=fix.accuracy_meters,
-        heading_deg=fix.heading_degrees,
-        speed_mps=fix.speed_mps,
-        device_time_ms=fix.device_time.seconds * 1000 + fix.device_time.nanos // 1_000_000,
-        sequence=fix.sequence,
+        lat,
+        lng,
+        fix.accuracy_meters,
+        fix.heading_degrees,
+        fix.speed_mps,
+        t.seconds * 1000 + t.nanos // 1_000_000,
+        fix.sequence,
     )
 
 

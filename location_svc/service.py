@@ -111,6 +111,10 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         self._ingest = ingest
         self._history = history
         self._policy = policy or LocationPolicy()
+        # The interval each status asks for, built once: every ack carries one.
+        self._intervals = {
+            status: seconds(self._policy.pacing.interval(status)) for status in DriverStatus
+        }
         #: Dropped fixes by reason, for operators.
         self.drops: Counter[DropReason] = Counter()
 
@@ -157,7 +161,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         return location_service_pb2.StreamLocationResponse(
             server_time=now_timestamp(),
             acked_sequence=session.sink.acked_sequence,
-            next_interval_duration=seconds(self._policy.pacing.interval(session.status)),
+            next_interval_duration=self._intervals[session.status],
             accepted_count=session.sink.flushed,
             dropped_count=session.dropped,
             last_drop_reason=DROP_TO_PROTO[session.last_drop] if session.last_drop else None,
@@ -278,7 +282,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             accepted_count=len(live),
             backfilled_count=len(backfill),
             dropped=sorted(dropped, key=_index_of),  # type: ignore[arg-type]
-            next_interval_duration=seconds(self._policy.pacing.interval(record.status)),
+            next_interval_duration=self._intervals[record.status],
         )
 
     # --- availability -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from mesh.geo import haversine_m, valid_lat_lng
 
@@ -27,9 +28,8 @@ class DropReason(StrEnum):
     IMPOSSIBLE_SPEED = "impossible_speed"
 
 
-@dataclass(frozen=True, slots=True)
-class Fix:
-    """One position report from a phone."""
+class Fix(NamedTuple):
+    """One position report from a phone (a named tuple: one is built per fix received)."""
 
     lat: float
     lng: float
