@@ -22,6 +22,7 @@ from location_svc.domain.presence import DriverStatus
 from location_svc.store.drivers import DriverStore, pack_position
 from location_svc.store.geo_index import GeoIndex, IndexEntry
 from location_svc.store.history import HistoryWriter, history_row
+from mesh import clock
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +247,8 @@ class Ingest:
                 return
 
     async def _refresh_watched(self) -> None:
-        now_ms = int(time.time() * 1000)
         try:
-            members = await self.redis.zrangebyscore(WATCHED_KEY, now_ms, "+inf")
+            members = await self.redis.zrangebyscore(WATCHED_KEY, clock.now_ms(), "+inf")
         except Exception as exc:
             logger.warning("could not read watched drivers: %s", exc)
             return

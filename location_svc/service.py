@@ -33,6 +33,7 @@ from location_svc.ingest import POSITION_CHANNEL, WATCHED_KEY, AckSink, Ingest, 
 from location_svc.store.drivers import DriverRecord, DriverStore, unpack_position
 from location_svc.store.geo_index import GeoIndex, IndexEntry, shard_of
 from location_svc.store.history import HistoryWriter, history_row
+from mesh import clock
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
 from mesh.geo import validate_location
@@ -87,10 +88,6 @@ class StreamSession:
         self.dropped = 0
         self.last_drop: DropReason | None = None
         self.sink = AckSink()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class LocationService(location_service_pb2_grpc.LocationServiceServicer):
@@ -197,7 +194,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         writer = asyncio.create_task(write_acks())
         try:
             async for request in request_iterator:
-                self._take(session, fix_from_proto(request.fix), _now_ms())
+                self._take(session, fix_from_proto(request.fix), clock.now_ms())
             reading = False
             session.sink.event.set()
             # Half-closed: the last fixes still get their ack before the call ends.
@@ -221,7 +218,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             raise InvalidArgument(FieldViolation("fixes", "must hold at least one fix"))
         if len(request.fixes) > MAX_BATCH:
             raise InvalidArgument(FieldViolation("fixes", f"must hold at most {MAX_BATCH} fixes"))
-        now_ms = _now_ms()
+        now_ms = clock.now_ms()
         fixes = [fix_from_proto(f) for f in request.fixes]
         dropped: list[location_pb2.DroppedFix] = []
         live: list[Fix] = []
@@ -325,7 +322,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         # Re-file the driver at once: out of the index unless available with a live position.
         fresh = (
             record.last is not None
-            and _now_ms() - record.received_ms <= self._policy.presence_ttl_s * 1000
+            and clock.now_ms() - record.received_ms <= self._policy.presence_ttl_s * 1000
         )
         pipe = self._redis.pipeline(transaction=False)
         if record.shard:
@@ -371,7 +368,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         )
         v.check(not request.include_busy, "include_busy", "is not supported yet")
         v.raise_if_any()
-        now_ms = _now_ms()
+        now_ms = clock.now_ms()
         found = await self._index.find_nearby(
             request.center.latitude,
             request.center.longitude,
@@ -441,7 +438,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         if record is None:
             raise NotFound(f"driver {request.driver_id} not found", reason="DRIVER_NOT_FOUND")
         return location_service_pb2.GetDriverLocationResponse(
-            location=self._location(record, _now_ms())
+            location=self._location(record, clock.now_ms())
         )
 
     async def WatchDriverLocation(
@@ -467,7 +464,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         try:
             # The current position first, so a new watcher never starts blank.
             yield location_service_pb2.WatchDriverLocationResponse(
-                location=self._location(record, _now_ms())
+                location=self._location(record, clock.now_ms())
             )
             sent_at = time.monotonic()
             pending: bytes | None = None
@@ -482,7 +479,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                     fix, received = unpack_position(pending)
                     record.last, record.received_ms = fix, received
                     yield location_service_pb2.WatchDriverLocationResponse(
-                        location=self._location(record, _now_ms())
+                        location=self._location(record, clock.now_ms())
                     )
                     sent_at = time.monotonic()
                     pending = None
@@ -496,7 +493,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         """Keeps the driver in the watched set while this stream lives."""
         ttl_ms = int(self._policy.watch_ttl_s * 1000)
         while True:
-            await self._redis.zadd(WATCHED_KEY, {driver_id: _now_ms() + ttl_ms})
+            await self._redis.zadd(WATCHED_KEY, {driver_id: clock.now_ms() + ttl_ms})
             await asyncio.sleep(self._policy.watch_ttl_s / 3)
 
 

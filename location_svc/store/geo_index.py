@@ -37,6 +37,7 @@ import h3
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
+from mesh import clock
 from mesh.geo import EARTH_RADIUS_M, cell, haversine_m, valid_lat_lng
 
 #: H3 resolution of a shard (cells of about 250 km², edges of about 9.9 km).
@@ -650,10 +651,6 @@ async def _run_scripts(
     raise AssertionError("unreachable")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 # --- the index ---------------------------------------------------------------------------------
 
 
@@ -852,7 +849,7 @@ class GeoIndex:
             vehicles = _ONE_VEHICLE[index]
         if limit <= 0 or not radius_m >= 0:
             return []
-        cutoff = (_now_ms() if now_ms is None else now_ms) - self._ttl_ms
+        cutoff = (clock.now_ms() if now_ms is None else now_ms) - self._ttl_ms
         polar_centre = lat > GEO_LAT_MAX or lat < -GEO_LAT_MAX
         # A centre beyond Redis's GEO limit is searched in one go (see _search).
         steps = [radius_m] if polar_centre else self._steps_for(radius_m)
@@ -991,7 +988,7 @@ class GeoIndex:
         Reads only the stale end of each shard's presence set, never every driver. Returns how
         many drivers it removed.
         """
-        cutoff = (_now_ms() if now_ms is None else now_ms) - self._ttl_ms
+        cutoff = (clock.now_ms() if now_ms is None else now_ms) - self._ttl_ms
         members = await self._redis.smembers(self._shards_key)  # type: ignore[misc]
         pending = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
         removed = 0

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.settings import StoreSettings
 from mesh.testing import spawn
+from tests.polling import eventually
 
 
 def _children(pid: int) -> set[int]:
@@ -27,14 +28,6 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
-
-
-async def _eventually(check, within_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def _serving_over(port: int, connections: int) -> None:
@@ -81,7 +74,7 @@ async def test_workers_share_the_port_restart_and_stop_with_the_supervisor(
         # A worker that dies is started again; the service keeps answering meanwhile.
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        await _eventually(lambda: len(_children(process.pid) - {victim}) == 2)
+        await eventually(lambda: len(_children(process.pid) - {victim}) == 2)
         await _serving_over(port, 6)
         # The workers now, the restarted one included: all must be gone after SIGTERM.
         workers = _children(process.pid)
@@ -90,7 +83,7 @@ async def test_workers_share_the_port_restart_and_stop_with_the_supervisor(
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
         for pid in workers:
-            await _eventually(lambda pid=pid: not _alive(pid))
+            await eventually(lambda pid=pid: not _alive(pid))
     finally:
         if process.returncode is None:
             process.kill()
@@ -105,7 +98,7 @@ async def test_workers_die_with_a_killed_supervisor(store_settings: StoreSetting
     await process.wait()
     # Nothing is left holding the port.
     for pid in workers:
-        await _eventually(lambda pid=pid: not _alive(pid))
+        await eventually(lambda pid=pid: not _alive(pid))
 
 
 async def test_delivery_serve_runs_the_workers_too(store_settings: StoreSettings) -> None:
@@ -180,7 +173,7 @@ async def test_a_spawned_service_dies_with_a_killed_parent(
         assert _alive(service)
         parent.kill()
         await parent.wait()
-        await _eventually(lambda: not _alive(service))
+        await eventually(lambda: not _alive(service))
     finally:
         if parent.returncode is None:
             parent.kill()

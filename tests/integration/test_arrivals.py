@@ -32,6 +32,7 @@ from mesh.events import Event, decode_entry, entry_fields, stream_for
 from mesh.geo import EARTH_RADIUS_M
 from mesh.stores import Stores
 from order_svc.arrival_notifications import ArrivalNotifier, build_arrival_notifier
+from tests.polling import eventually
 
 RULES = GeofenceRules(dwell_s=20, approach_m=500, approach_s=0)
 MERCHANT = (48.8566, 2.3522)
@@ -52,14 +53,6 @@ def update(driver_id: str, point: tuple[float, float], t_s: float, speed: float 
     """A stored live fix as the batcher hands it over."""
     fix = Fix(point[0], point[1], 5.0, 0.0, speed, T0 + round(t_s * 1000))
     return Update(driver_id, fix, DriverStatus.BUSY, "bicycle", "", "", fix.device_time_ms)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Polls ``check`` until it holds; the per-test timeout, not a threshold here, bounds it."""
-    while True:
-        if await check():
-            return
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from mesh.events import Event, EventConsumer, decode_entry, ensure_group, stream
 from mesh.stores import Stores
 from order_svc.relay import OutboxRelay
 from order_svc.store.outbox import OutboxEvent, append_event, append_events
+from tests.polling import eventually
 
 
 def _unique_type() -> str:
@@ -54,15 +54,6 @@ async def _drain(relay: OutboxRelay) -> None:
 async def _stream(redis: Redis, stream: str) -> list[Event]:
     entries: list[tuple[Any, Any]] = await redis.xrange(stream) or []
     return [decode_entry(stream, entry_id, fields) for entry_id, fields in entries]
-
-
-async def _eventually(condition: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Polls ``condition`` until it holds; the per-test timeout, not a threshold here, bounds it."""
-    while True:
-        result = condition()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.02)
 
 
 async def _unpublished(stores: Stores, aggregate_type: str) -> int:
@@ -185,7 +176,7 @@ async def test_a_consumer_group_receives_every_event_and_acks_it(
 
     consumer = EventConsumer(redis, stream, group, "c1", handle, batch_size=7, block_s=0.05)
     async with _running(consumer):
-        await _eventually(lambda: len(seen) == len(ids))
+        await eventually(lambda: len(seen) == len(ids))
 
     assert seen == [str(i) for i in ids]
     assert consumer.handled == len(ids) and consumer.duplicates == 0
@@ -211,7 +202,7 @@ async def test_an_event_whose_handler_crashed_is_delivered_again_on_restart(
     # A long retry delay: the first consumer must not retry by itself before it is stopped.
     consumer = EventConsumer(redis, stream, group, "c1", crashing, block_s=0.05, retry_delay_s=60)
     async with _running(consumer):
-        await _eventually(lambda: consumer.failures == 1)
+        await eventually(lambda: consumer.failures == 1)
     assert first_run == ids[:2]
     pending = await redis.xpending_range(stream, group, min="-", max="+", count=10)
     assert [p["consumer"] for p in pending] == [b"c1"] * 3  # The crashed event and the rest.
@@ -223,7 +214,7 @@ async def test_an_event_whose_handler_crashed_is_delivered_again_on_restart(
 
     restarted = EventConsumer(redis, stream, group, "c1", healthy, block_s=0.05)
     async with _running(restarted):
-        await _eventually(lambda: len(second_run) == 3)
+        await eventually(lambda: len(second_run) == 3)
     assert second_run == ids[2:]
     assert (await redis.xpending(stream, group))["pending"] == 0
 
@@ -243,7 +234,7 @@ async def test_a_republished_event_is_a_no_op_for_a_group_that_processed_it(
 
     consumer = EventConsumer(redis, stream, group, "c1", handle, block_s=0.05)
     async with _running(consumer):
-        await _eventually(lambda: len(handled) == 3)
+        await eventually(lambda: len(handled) == 3)
         # What a relay killed after XADD but before its commit leaves behind: the row is
         # unpublished again, and the next relay publishes it a second time.
         assert stores.pool is not None
@@ -251,7 +242,7 @@ async def test_a_republished_event_is_a_no_op_for_a_group_that_processed_it(
             "UPDATE outbox SET published_at = NULL WHERE id = $1", int(ids[1])
         )
         await _drain(relay)
-        await _eventually(lambda: consumer.duplicates == 1)
+        await eventually(lambda: consumer.duplicates == 1)
 
     entries = await _stream(redis, stream)
     assert [e.event_id for e in entries] == [*ids, ids[1]]
@@ -278,7 +269,7 @@ async def test_entries_left_pending_by_a_dead_consumer_are_claimed(
     # Idle for 0 ms is old enough: the dead consumer will never come back for them.
     consumer = EventConsumer(redis, stream, group, "alive", handle, block_s=0.05, claim_idle_s=0)
     async with _running(consumer):
-        await _eventually(lambda: len(handled) == 4)
+        await eventually(lambda: len(handled) == 4)
     assert handled == ids
     assert (await redis.xpending(stream, group))["pending"] == 0
 
@@ -310,7 +301,7 @@ async def test_two_relays_running_at_once_publish_each_event_exactly_once(
     assert stores.pool is not None
     relays = [OutboxRelay(stores.pool, redis, batch_size=50, idle_sleep_s=0.01) for _ in range(2)]
     async with _running(relays[0]), _running(relays[1]):
-        await _eventually(lambda: _unpublished_is_zero(stores, aggregate_type))
+        await eventually(lambda: _unpublished_is_zero(stores, aggregate_type))
     published = [int(e.event_id) for e in await _stream(redis, stream_for(aggregate_type))]
     assert len(published) == len(ids)
     assert sorted(published) == ids
