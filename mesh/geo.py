@@ -42,6 +42,32 @@ def cell(lat: float, lng: float, res: int) -> str:
     return str(h3.latlng_to_cell(lat, lng, res))
 
 
+def cell_center(cell_id: str) -> tuple[float, float]:
+    """The centre of an H3 cell, (lat, lng)."""
+    lat, lng = h3.cell_to_latlng(cell_id)
+    return float(lat), float(lng)
+
+
+def cell_boundary(cell_id: str) -> list[tuple[float, float]]:
+    """The vertices of an H3 cell, (lat, lng), in order (distortion vertices included)."""
+    return [(float(lat), float(lng)) for lat, lng in h3.cell_to_boundary(cell_id)]
+
+
+def cell_area_m2(cell_id: str) -> float:
+    """The area of an H3 cell in square metres."""
+    return float(h3.cell_area(cell_id, "m^2"))
+
+
+def cell_min_edge_m(cell_id: str) -> float:
+    """The length of an H3 cell's shortest edge, in metres."""
+    return float(min(h3.edge_length(e, "m") for e in h3.origin_to_directed_edges(cell_id)))
+
+
+def grid_disk(cell_id: str, k: int) -> list[str]:
+    """The H3 cells within grid distance ``k`` of ``cell_id`` (itself included)."""
+    return [str(c) for c in h3.grid_disk(cell_id, k)]
+
+
 def disk_cells(lat: float, lng: float, radius_m: float, res: int) -> list[str]:
     """H3 cells of resolution ``res`` that together cover every point within ``radius_m``.
 
@@ -49,12 +75,12 @@ def disk_cells(lat: float, lng: float, radius_m: float, res: int) -> list[str]:
     one only costs a lookup.
     """
     origin = cell(lat, lng, res)
-    edge_m = min(h3.edge_length(e, "m") for e in h3.origin_to_directed_edges(origin))
+    edge_m = cell_min_edge_m(origin)
     step_m = 1.5 * edge_m * _EDGE_SAFETY
     # The point may sit anywhere in its cell, and a covered point may sit anywhere in the last
     # ring's cell: two circumradii (one edge each) of slack.
     k = math.ceil((max(0.0, radius_m) + 2 * edge_m) / step_m)
-    return [str(c) for c in h3.grid_disk(origin, k)]
+    return grid_disk(origin, k)
 
 
 def bounding_box(lat: float, lng: float, radius_m: float) -> tuple[float, float, float, float]:

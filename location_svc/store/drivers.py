@@ -10,7 +10,6 @@ from redis.asyncio import Redis
 
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
-from location_svc.store.geo_index import driver_key
 from mesh.ids import canonical_uuid
 
 
@@ -32,6 +31,11 @@ class DriverRecord:
     #: Whether a StreamLocation stream is open; ``None`` if the driver never opened one
     #: (a gRPC-web client reporting with ReportLocations).
     stream_open: bool | None
+
+
+def driver_key(driver_id: str) -> str:
+    """The metadata HASH of a driver (its own hash tag: drivers spread over the cluster)."""
+    return f"drv:{{{driver_id}}}"
 
 
 def position_key(shard: str) -> str:

@@ -13,7 +13,6 @@ one shard lives in one slot, on one node, and one Lua script may touch them all)
   cutoff in ms compares the fix time alone; the fraction tells a search of the ``any`` set
   each winner's vehicle without a lookup.
 - ``loc:shards``: SET of every shard ever written, so the sweeper never scans drivers.
-- ``drv:{<driver_id>}``: the driver's metadata HASH, written by the ingest side.
 
 A shard is an H3 cell of resolution :data:`SHARD_RES`. Searches are exact: Redis narrows the
 candidates with a small radius margin, then distances are recomputed here with
@@ -31,14 +30,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-# mesh.geo is the project's one door to h3, but it exposes no cell centre, boundary or ring; these
-# few calls belong there (see the cell geometry section below) and are kept to this section.
-import h3
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 from mesh import clock
-from mesh.geo import EARTH_RADIUS_M, cell, haversine_m, valid_lat_lng
+from mesh.geo import (
+    EARTH_RADIUS_M,
+    cell,
+    cell_area_m2,
+    cell_boundary,
+    cell_center,
+    cell_min_edge_m,
+    grid_disk,
+    haversine_m,
+    valid_lat_lng,
+)
 
 #: H3 resolution of a shard (cells of about 250 km², edges of about 9.9 km).
 SHARD_RES = 5
@@ -131,11 +137,6 @@ def seen_key(shard: str, prefix: str = KEY_PREFIX) -> str:
 def shards_key(prefix: str = KEY_PREFIX) -> str:
     """The SET of every shard the index has written to."""
     return f"{prefix}:shards"
-
-
-def driver_key(driver_id: str) -> str:
-    """The metadata HASH of a driver (its own hash tag: drivers spread over the cluster)."""
-    return f"drv:{{{driver_id}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +259,9 @@ def cell_geometry(shard: str) -> CellGeometry:
     its centre is a vertex and distances to the boundary are distances to arcs. The radii get
     a margin anyway: a shard wrongly left out loses results, one wrongly added costs a lookup.
     """
-    lat, lng = h3.cell_to_latlng(shard)
+    lat, lng = cell_center(shard)
     centre = _unit(lat, lng)
-    vertices = [_unit(vlat, vlng) for vlat, vlng in h3.cell_to_boundary(shard)]
+    vertices = [_unit(vlat, vlng) for vlat, vlng in cell_boundary(shard)]
     edges = tuple(
         _edge(vertices[i - 1], vertices[i])
         for i in range(len(vertices))
@@ -279,15 +280,15 @@ def cell_geometry(shard: str) -> CellGeometry:
         edges=edges,
         polar=abs(lat) + reach_deg > GEO_LAT_MAX,
         all_polar=abs(lat) - reach_deg > GEO_LAT_MAX,
-        area_m2=float(h3.cell_area(shard, "m^2")),
+        area_m2=cell_area_m2(shard),
     )
 
 
 @functools.lru_cache(maxsize=1 << 14)
 def _disk(origin: str, k: int) -> tuple[tuple[CellGeometry, ...], frozenset[str]]:
     """The cells within grid distance ``k`` of ``origin``, and those exactly ``k`` away."""
-    inner = set(h3.grid_disk(origin, k - 1)) if k > 0 else set()
-    cells = h3.grid_disk(origin, k)
+    inner = set(grid_disk(origin, k - 1)) if k > 0 else set()
+    cells = grid_disk(origin, k)
     return (
         tuple(cell_geometry(str(c)) for c in cells),
         frozenset(str(c) for c in cells if c not in inner),
@@ -297,7 +298,7 @@ def _disk(origin: str, k: int) -> tuple[tuple[CellGeometry, ...], frozenset[str]
 @functools.lru_cache(maxsize=1 << 16)
 def _edge_m(origin: str) -> float:
     """The shortest edge of a cell: the yardstick for how many rings a radius spans."""
-    return float(min(h3.edge_length(e, "m") for e in h3.origin_to_directed_edges(origin)))
+    return cell_min_edge_m(origin)
 
 
 def shards_for_circle(lat: float, lng: float, radius_m: float) -> list[str]:

@@ -8,8 +8,8 @@ import uuid
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
 from location_svc.ingest import AckSink, Ingest, Update
-from location_svc.store.drivers import DriverStore, position_key
-from location_svc.store.geo_index import GeoIndex, driver_key, shard_of
+from location_svc.store.drivers import DriverStore, driver_key, position_key
+from location_svc.store.geo_index import GeoIndex, shard_of
 from location_svc.store.history import HistoryWriter
 from mesh.stores import Stores
 

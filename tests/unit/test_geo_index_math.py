@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from location_svc.store.drivers import driver_key
 from location_svc.store.geo_index import (
     GEO_SETS,
     SHARD_RES,
@@ -17,7 +18,6 @@ from location_svc.store.geo_index import (
     _edge_distance_m,
     _unit,
     cell_geometry,
-    driver_key,
     geo_key,
     parse_presence,
     polar_key,
