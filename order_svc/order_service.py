@@ -32,6 +32,7 @@ from mesh.errors import (
 )
 from mesh.geo import validate_location
 from mesh.ids import canonical_uuid
+from order_svc.changes import announce, drafts
 from order_svc.convert_orders import (
     STATUS_FROM_PROTO,
     decode_token,
@@ -68,7 +69,6 @@ from order_svc.store.merchants import MerchantStore
 from order_svc.store.orders import (
     CREATE_ORDER,
     Event,
-    NotificationDraft,
     OrderStore,
     Placement,
     PriceVersion,
@@ -368,7 +368,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             note=order.note,
             now=now,
             event=Event("order.created", order_event("placed", order, uuid.uuid4().hex, now)),
-            notifications=_drafts(drafts_for("placed", order)),
+            notifications=drafts(drafts_for("placed", order)),
             key_ttl_s=self._policy.idempotency_ttl_s,
             priced_from=PriceVersion(
                 merchant.menu_version,
@@ -466,31 +466,15 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             after = dataclasses.replace(after, **stamp_now)
         if estimated_prep_seconds:
             after = dataclasses.replace(after, estimated_prep_seconds=estimated_prep_seconds)
-        courier_change = action in (Action.ASSIGN_COURIER, Action.REASSIGN_COURIER)
-        # A reassignment to a new courier is announced as an assignment (with the previous
-        # courier named); one that leaves the order without a courier as an unassignment.
-        announced = (
-            Action.ASSIGN_COURIER
-            if action is Action.REASSIGN_COURIER and change.driver_id
-            else action
-        )
+        event, notifications = announce(action, change, order, after, now)
         version = await self._orders.apply(
             order.id,
             change,
             actor_id=None if principal.is_service else principal.subject,
             actor_role=_actor_role(principal),
             now=now,
-            event=Event(
-                f"order.{announced.value}",
-                order_event(
-                    announced,
-                    after,
-                    uuid.uuid4().hex,
-                    now,
-                    previous_driver_id=order.driver_id if courier_change else None,
-                ),
-            ),
-            notifications=_drafts(drafts_for(announced, after, order.driver_id)),
+            event=event,
+            notifications=notifications,
             reason=reason,
             cancel=cancel,
             estimated_prep_seconds=estimated_prep_seconds,
@@ -889,10 +873,6 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 for table, count in results
             ]
         )
-
-
-def _drafts(drafts: list) -> list[NotificationDraft]:  # type: ignore[type-arg]
-    return [NotificationDraft(d.recipient_id, d.type, d.title, d.body) for d in drafts]
 
 
 def _cancel_reason(value: int) -> str:

@@ -99,11 +99,18 @@ class OrderStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def get(self, order_id: str) -> Order | None:
-        """The order with ``order_id``, if any."""
-        row = await self._pool.fetchrow(
-            f"SELECT {_ORDER_COLUMNS} {_FROM} WHERE o.id = $1::uuid", order_id
-        )
+    async def get(
+        self, order_id: str, *, conn: asyncpg.Connection | None = None, lock: bool = False
+    ) -> Order | None:
+        """The order with ``order_id``, if any.
+
+        With ``conn``, read in the caller's transaction; with ``lock`` also, the order's row
+        stays locked (FOR UPDATE) until that transaction ends.
+        """
+        sql = f"SELECT {_ORDER_COLUMNS} {_FROM} WHERE o.id = $1::uuid"
+        if lock:
+            sql += " FOR UPDATE OF o"
+        row = await (conn or self._pool).fetchrow(sql, order_id)
         return order_from_row(row) if row else None
 
     async def offered_to(self, order_id: str, driver_id: str) -> bool:
@@ -305,11 +312,12 @@ class OrderStore:
         proof: tuple[str, bytes | None, str | None, float | None, float | None, datetime | None]
         | None = None,
         key: RequestKey | None = None,
+        conn: asyncpg.Connection | None = None,
     ) -> int | None:
         """Applies ``transition`` if the order is still where it was planned from.
 
         Returns the new version, or ``None`` when a concurrent change won (the caller re-reads
-        and reports ABORTED or FAILED_PRECONDITION).
+        and reports ABORTED or FAILED_PRECONDITION). With ``conn``, in the caller's transaction.
         """
         sql = _transition_sql(transition.stamps, proof is not None)
         args: list[object] = [
@@ -340,7 +348,7 @@ class OrderStore:
         ]
         if proof is not None:
             args.extend(proof)
-        return await self._pool.fetchval(sql, *args)
+        return await (conn or self._pool).fetchval(sql, *args)
 
     async def list_for(
         self,

@@ -32,11 +32,12 @@ from mesh.events import Event, decode_entry, entry_fields, stream_for
 from mesh.geo import EARTH_RADIUS_M
 from mesh.stores import Stores
 from order_svc.arrival_notifications import ArrivalNotifier, build_arrival_notifier
+from tests.integration.rows import DOOR, SHOP, shop_order
 from tests.polling import eventually
 
 RULES = GeofenceRules(dwell_s=20, approach_m=500, approach_s=0)
-MERCHANT = (48.8566, 2.3522)
-CUSTOMER = (48.8656, 2.3522)  # about 1 km north
+MERCHANT = SHOP
+CUSTOMER = DOOR  # about 1 km north
 T0 = int(datetime.now(UTC).timestamp() * 1000)
 T0_DT = datetime.fromtimestamp(T0 / 1000, UTC)
 ARRIVED_AT_MERCHANT = location_events_pb2.ARRIVAL_EVENT_TYPE_ARRIVED_AT_MERCHANT
@@ -324,56 +325,6 @@ async def test_finished_orders_lose_their_fences_and_late_events_stay_dead(
 # --- the marketplace side -----------------------------------------------------------------
 
 
-@dataclass
-class Parties:
-    customer: str
-    owner: str
-    driver: str
-    order: str
-
-
-async def _user(conn: asyncpg.Connection, role: str) -> str:
-    user_id: str = await conn.fetchval(
-        "INSERT INTO users (email, password_hash, name, role) VALUES ($1, 'x', 'T', $2)"
-        " RETURNING id::text",
-        f"arrivals-{uuid.uuid4().hex[:12]}@example.com",
-        role,
-    )
-    return user_id
-
-
-async def _parties(pool: asyncpg.Pool, status: str = "ready_for_pickup") -> Parties:
-    async with pool.acquire() as conn, conn.transaction():
-        customer, owner, driver = (
-            await _user(conn, "customer"),
-            await _user(conn, "merchant"),
-            await _user(conn, "driver"),
-        )
-        await conn.execute(
-            "INSERT INTO drivers (id, vehicle_type) VALUES ($1::uuid, 'bicycle')", driver
-        )
-        merchant = await conn.fetchval(
-            "INSERT INTO merchants (owner_user_id, name, address, lat, lng)"
-            " VALUES ($1::uuid, 'Shop', '1 Main St', $2, $3) RETURNING id::text",
-            owner,
-            *MERCHANT,
-        )
-        order = await conn.fetchval(
-            "INSERT INTO orders (customer_id, merchant_id, driver_id, status, delivery_address,"
-            " delivery_lat, delivery_lng, currency_code, subtotal_minor, total_minor,"
-            " picked_up_at)"
-            " VALUES ($1::uuid, $2::uuid, $3::uuid, $4, '2 Side St', $5, $6, 'EUR', 1000, 1000,"
-            " CASE WHEN $4 = 'picked_up' THEN now() END)"
-            " RETURNING id::text",
-            customer,
-            merchant,
-            driver,
-            status,
-            *CUSTOMER,
-        )
-    return Parties(customer, owner, driver, order)
-
-
 async def _notes(pool: asyncpg.Pool, order_id: str) -> list[tuple[str, str, str]]:
     rows = await pool.fetch(
         "SELECT recipient_id::text, type, data->>'event_id' AS event_id FROM notifications"
@@ -393,7 +344,8 @@ async def test_arrivals_become_one_notification_per_party_even_when_delivered_tw
 
 
 async def _deliver_and_notify(rig: Rig, pool: asyncpg.Pool, redis: Redis) -> None:
-    p = await _parties(pool)
+    p = await shop_order(pool, "ready_for_pickup", with_courier=True)
+    assert p.driver is not None
     run, stop = build_arrival_notifier(pool, redis, "test", stream=rig.location_stream)
     notifier = asyncio.create_task(run())
     try:
@@ -454,7 +406,8 @@ async def test_the_notifier_is_idempotent_without_the_streams_dedupe(
 ) -> None:
     pool = stores.pool
     assert pool is not None
-    p = await _parties(pool, status="picked_up")
+    p = await shop_order(pool, "picked_up", with_courier=True)
+    assert p.driver is not None
     notifier = ArrivalNotifier(pool)
 
     def event(kind: int, event_id: str) -> Event:

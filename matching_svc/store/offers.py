@@ -1,0 +1,231 @@
+"""The ``driver_offers`` table: making offers, and answering them in one transaction each.
+
+Accepting is the one place where two couriers, an expiry and an operator may race for an
+order. It is one PostgreSQL transaction: the offer goes from pending (and unexpired, and the
+caller's) to accepted, the courier's load goes up within their cap, and the order gets its
+courier through the order service's own change (:func:`order_svc.changes.assign_courier_in`:
+the state machine's checks, history, outbox event and notifications) only if it has none.
+Whatever fails, nothing of it stays. The partial unique indexes of migration 0004 (one pending
+offer per order and per courier, one accepted offer per order) hold the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from matching_svc.domain.offers import NOT_PENDING_REASONS, Offer, OfferStatus
+from mesh.errors import DomainError, FailedPrecondition, NotFound
+from order_svc.changes import assign_courier_in
+from order_svc.domain.orders import Order
+from order_svc.store.orders import OrderStore
+
+_COLUMNS = """
+    id::text AS offer_id, order_id::text, driver_id::text, status, attempt, score,
+    score_factors, stacked, offered_at, expires_at, responded_at, decline_reason
+"""
+
+# The unique index a conflicting offer trips, and what it means.
+_CONFLICTS = {
+    "driver_offers_one_pending_per_order": (
+        "the order already has a pending offer",
+        "ORDER_HAS_PENDING_OFFER",
+    ),
+    "driver_offers_one_pending_per_driver": (
+        "the courier already has a pending offer",
+        "DRIVER_HAS_PENDING_OFFER",
+    ),
+}
+
+
+def _offer(row: asyncpg.Record) -> Offer:
+    raw = row["score_factors"]
+    factors = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    return Offer(
+        offer_id=row["offer_id"],
+        order_id=row["order_id"],
+        driver_id=row["driver_id"],
+        status=OfferStatus(row["status"]),
+        attempt=row["attempt"],
+        score=row["score"],
+        factors={name: (float(v), float(w)) for name, (v, w) in factors.items()},
+        stacked=row["stacked"],
+        offered_at=row["offered_at"],
+        expires_at=row["expires_at"],
+        responded_at=row["responded_at"],
+        decline_reason=row["decline_reason"],
+    )
+
+
+class OfferStore:
+    """Offers in PostgreSQL, the system of record for who was offered what."""
+
+    def __init__(self, pool: asyncpg.Pool, orders: OrderStore) -> None:
+        self._pool = pool
+        self._orders = orders
+
+    async def create(
+        self,
+        order_id: str,
+        driver_id: str,
+        *,
+        attempt: int,
+        ttl_s: float,
+        score: float | None = None,
+        factors: dict[str, tuple[float, float]] | None = None,
+        stacked: bool = False,
+    ) -> Offer:
+        """Offers the order to the courier until ``ttl_s`` from now.
+
+        Raises FAILED_PRECONDITION when the order or the courier already has a pending offer.
+        """
+        try:
+            row = await self._pool.fetchrow(
+                f"""
+                INSERT INTO driver_offers (order_id, driver_id, attempt, score, score_factors,
+                                           stacked, offered_at, expires_at)
+                VALUES ($1::uuid, $2::uuid, $3, $4, $5::jsonb, $6, now(),
+                        now() + make_interval(secs => $7))
+                RETURNING {_COLUMNS}
+                """,
+                order_id,
+                driver_id,
+                attempt,
+                score,
+                json.dumps(factors or {}),
+                stacked,
+                ttl_s,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            message, reason = _CONFLICTS.get(
+                exc.constraint_name or "", ("a conflicting offer exists", "OFFER_CONFLICT")
+            )
+            raise FailedPrecondition(message, reason=reason) from None
+        assert row is not None
+        return _offer(row)
+
+    async def get(self, offer_id: str) -> Offer | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM driver_offers WHERE id = $1::uuid", offer_id
+        )
+        return _offer(row) if row else None
+
+    async def accept(self, offer_id: str, driver_id: str) -> tuple[Offer, Order]:
+        """The courier takes the offer: offer, load and order change together or not at all.
+
+        Raises NOT_FOUND when the offer is unknown or another courier's, FAILED_PRECONDITION
+        when it is no longer pending (``OFFER_EXPIRED``, ``OFFER_ALREADY_ACCEPTED``, ...),
+        when the courier is at their cap (``DRIVER_AT_CAPACITY``), or when the order cannot
+        take this courier (``COURIER_ALREADY_ASSIGNED``, ``ILLEGAL_TRANSITION``: the offer is
+        then withdrawn, as nobody can accept it any more).
+        """
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"""
+                    UPDATE driver_offers SET status = 'accepted', responded_at = now()
+                     WHERE id = $1::uuid AND driver_id = $2::uuid
+                       AND status = 'pending' AND expires_at > now()
+                    RETURNING {_COLUMNS}
+                    """,
+                    offer_id,
+                    driver_id,
+                )
+                if row is None:
+                    raise await self._refusal(conn, offer_id, driver_id)
+                offer = _offer(row)
+                load = await conn.fetchval(
+                    """
+                    UPDATE drivers SET active_order_count = active_order_count + 1
+                     WHERE id = $1::uuid AND active_order_count < max_active_orders
+                    RETURNING active_order_count
+                    """,
+                    driver_id,
+                )
+                if load is None:
+                    raise FailedPrecondition(
+                        "the courier carries as many orders as allowed",
+                        reason="DRIVER_AT_CAPACITY",
+                    )
+                order = await assign_courier_in(
+                    conn,
+                    self._orders,
+                    offer.order_id,
+                    driver_id,
+                    reason=f"offer {offer_id}",
+                    now=datetime.now(UTC),
+                )
+                await conn.execute(
+                    "UPDATE dispatch_jobs SET state = 'assigned' WHERE order_id = $1::uuid",
+                    offer.order_id,
+                )
+        except FailedPrecondition as exc:
+            if exc.reason in ("COURIER_ALREADY_ASSIGNED", "ILLEGAL_TRANSITION"):
+                await self._withdraw(offer_id)
+            raise
+        return offer, order
+
+    async def decline(self, offer_id: str, driver_id: str, reason: str | None) -> Offer:
+        """The courier turns the offer down (while it is pending and unexpired)."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"""
+                UPDATE driver_offers
+                   SET status = 'declined', responded_at = now(), decline_reason = $3
+                 WHERE id = $1::uuid AND driver_id = $2::uuid
+                   AND status = 'pending' AND expires_at > now()
+                RETURNING {_COLUMNS}
+                """,
+                offer_id,
+                driver_id,
+                reason,
+            )
+            if row is None:
+                raise await self._refusal(conn, offer_id, driver_id)
+        return _offer(row)
+
+    async def expire_due(self, limit: int = 500) -> list[Offer]:
+        """Marks pending offers past their time expired; returns them (oldest first).
+
+        Safe beside other instances (SKIP LOCKED) and beside answers in flight: an offer being
+        accepted is either accepted first (and not expired) or expired first (and the accept
+        refused with OFFER_EXPIRED).
+        """
+        rows = await self._pool.fetch(
+            f"""
+            UPDATE driver_offers SET status = 'expired', responded_at = expires_at
+             WHERE id IN (SELECT id FROM driver_offers
+                           WHERE status = 'pending' AND expires_at <= now()
+                           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            RETURNING {_COLUMNS}
+            """,
+            limit,
+        )
+        return sorted((_offer(r) for r in rows), key=lambda o: o.expires_at)
+
+    async def _withdraw(self, offer_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE driver_offers SET status = 'withdrawn', responded_at = now()"
+            " WHERE id = $1::uuid AND status = 'pending'",
+            offer_id,
+        )
+
+    async def _refusal(self, conn: Any, offer_id: str, driver_id: str) -> DomainError:
+        """Why an answer to the offer was refused: the error to raise."""
+        row = await conn.fetchrow(
+            "SELECT status, driver_id::text, expires_at <= now() AS lapsed"
+            " FROM driver_offers WHERE id = $1::uuid",
+            offer_id,
+        )
+        if row is None or row["driver_id"] != driver_id:
+            # Another courier's offer is none of the caller's business.
+            return NotFound(f"offer {offer_id} not found", reason="OFFER_NOT_FOUND")
+        status = OfferStatus(row["status"])
+        if status is OfferStatus.PENDING and row["lapsed"]:
+            status = OfferStatus.EXPIRED
+        return FailedPrecondition(
+            f"offer {offer_id} is {status.value}", reason=NOT_PENDING_REASONS[status]
+        )
