@@ -12,6 +12,7 @@ offer per order and per courier, one accepted offer per order) hold the rest.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,18 @@ _CONFLICTS = {
         "DRIVER_HAS_PENDING_OFFER",
     ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class CourierStats:
+    """What scoring needs to know about a courier besides where they are."""
+
+    rating: float | None
+    active_orders: int
+    max_active_orders: int
+    #: Offers answered (accepted, declined or let expire) in the window, and accepted.
+    answered: int
+    accepted: int
 
 
 def _offer(row: asyncpg.Record) -> Offer:
@@ -77,13 +90,15 @@ class OfferStore:
         score: float | None = None,
         factors: dict[str, tuple[float, float]] | None = None,
         stacked: bool = False,
+        conn: asyncpg.Connection | None = None,
     ) -> Offer:
-        """Offers the order to the courier until ``ttl_s`` from now.
+        """Offers the order to the courier until ``ttl_s`` from now (in ``conn``'s transaction
+        when given).
 
         Raises FAILED_PRECONDITION when the order or the courier already has a pending offer.
         """
         try:
-            row = await self._pool.fetchrow(
+            row = await (conn or self._pool).fetchrow(
                 f"""
                 INSERT INTO driver_offers (order_id, driver_id, attempt, score, score_factors,
                                            stacked, offered_at, expires_at)
@@ -205,6 +220,41 @@ class OfferStore:
             limit,
         )
         return sorted((_offer(r) for r in rows), key=lambda o: o.expires_at)
+
+    async def answered_by(self, order_id: str) -> set[str]:
+        """The couriers who declined this order's offer or let it expire: not asked again."""
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT driver_id::text FROM driver_offers"
+            " WHERE order_id = $1::uuid AND status IN ('declined', 'expired')",
+            order_id,
+        )
+        return {r["driver_id"] for r in rows}
+
+    async def stats(self, driver_ids: list[str], window_s: float) -> dict[str, CourierStats]:
+        """Rating, load and answered offers in the window of each courier, by id."""
+        rows = await self._pool.fetch(
+            """
+            SELECT d.id::text AS driver_id, d.rating_avg::float8 AS rating,
+                   d.active_order_count AS active, d.max_active_orders AS cap,
+                   count(o.id) AS answered,
+                   count(o.id) FILTER (WHERE o.status = 'accepted') AS accepted
+              FROM drivers d
+              LEFT JOIN driver_offers o
+                ON o.driver_id = d.id
+               AND o.offered_at > now() - make_interval(secs => $2)
+               AND o.status IN ('accepted', 'declined', 'expired')
+             WHERE d.id = ANY($1::uuid[])
+             GROUP BY d.id
+            """,
+            driver_ids,
+            window_s,
+        )
+        return {
+            r["driver_id"]: CourierStats(
+                r["rating"], r["active"], r["cap"], r["answered"], r["accepted"]
+            )
+            for r in rows
+        }
 
     async def _withdraw(self, offer_id: str) -> None:
         await self._pool.execute(

@@ -1,0 +1,191 @@
+"""Sequential offers: find the best courier near the shop, offer, and on a refusal the next.
+
+One :meth:`Dispatcher.step` makes one offer for one order (or, finding nobody, schedules the next
+search): candidates come from location_svc's FindNearbyDrivers, through a circuit breaker,
+widening the radius in steps until someone is there; couriers who declined or let this order's
+offer expire are left out, as are those at their cap; the rest are scored
+(:mod:`matching_svc.domain.scoring`) and the best who holds no other pending offer gets this
+one. The offer and the job's new state are one transaction. After ``max_attempts`` offers (or
+empty searches) without an accept, the customer is told no courier is available and the job
+waits ``retry_after_s`` for another round (or for an operator).
+
+Everything lives in PostgreSQL, so :meth:`run_once` (expire the offers whose time is up, then
+step their orders and every due job) resumes after a crash exactly where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+
+from matching_svc.domain.offers import Offer
+from matching_svc.domain.scoring import Candidate, ScoringRules, rank
+from matching_svc.store.jobs import JobContext, JobStore
+from matching_svc.store.offers import OfferStore
+from mesh.breaker import BreakerOpen
+from mesh.errors import FailedPrecondition
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    driver_id: str
+    distance_m: float
+
+
+class Locator(Protocol):
+    """Where available couriers are: location_svc's FindNearbyDrivers."""
+
+    async def nearby(self, lat: float, lng: float, radius_m: float, limit: int) -> list[Nearby]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchRules:
+    #: How long a courier has to answer, in seconds.
+    offer_ttl_s: float = 30.0
+    #: Offers (or empty searches) per round before the customer is told nobody is available.
+    max_attempts: int = 5
+    #: The search radii around the shop, tried in turn until someone is found.
+    radii_m: tuple[float, ...] = (2_000.0, 5_000.0, 10_000.0)
+    #: How many of the nearest couriers are scored.
+    candidates: int = 20
+    #: After an empty search, the next one in this many seconds.
+    search_again_s: float = 10.0
+    #: After a round without an accept, the next round in this many seconds.
+    retry_after_s: float = 120.0
+    #: The window over which acceptance rates count, in seconds.
+    stats_window_s: float = 24 * 3600.0
+    scoring: ScoringRules = field(default_factory=ScoringRules)
+
+
+NO_COURIER_TITLE = "Looking for a courier"
+NO_COURIER_BODY = "No courier is available right now; we keep looking."
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        offers: OfferStore,
+        jobs: JobStore,
+        locator: Locator,
+        rules: DispatchRules | None = None,
+        *,
+        on_offer: Callable[[Offer], Awaitable[None]] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._offers = offers
+        self._jobs = jobs
+        self._locator = locator
+        self.rules = rules or DispatchRules()
+        self._on_offer = on_offer
+
+    async def step(self, order_id: str) -> Offer | None:
+        """Makes the order's next offer, or schedules its next search; returns the offer."""
+        ctx = await self._jobs.context(order_id)
+        if ctx is None:
+            return None
+        if not ctx.dispatchable:
+            await self._jobs.close(order_id, "assigned" if ctx.driver_id else "cancelled")
+            return None
+        if ctx.attempts >= ctx.max_attempts:
+            await self._jobs.give_up_round(
+                ctx, self.rules.retry_after_s, NO_COURIER_TITLE, NO_COURIER_BODY
+            )
+            return None
+        try:
+            ranked, radius = await self._candidates(ctx)
+        except BreakerOpen as exc:
+            # location_svc is down: the order waits, it does not fail (nor count an attempt).
+            await self._jobs.search_again(order_id, ctx.attempts, exc.retry_after_s, str(exc))
+            return None
+        attempt = ctx.attempts + 1
+        for choice in ranked:
+            weights = self.rules.scoring.weights.normalised()
+            factors = {
+                name: (value, weight)
+                for name, value, weight in zip(
+                    ("distance", "rating", "acceptance", "load"),
+                    (choice.distance, choice.rating, choice.acceptance, choice.load),
+                    weights,
+                    strict=True,
+                )
+            }
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    offer = await self._offers.create(
+                        order_id,
+                        choice.driver_id,
+                        attempt=attempt,
+                        ttl_s=self.rules.offer_ttl_s,
+                        score=choice.total,
+                        factors=factors,
+                        conn=conn,
+                    )
+                    await self._jobs.offered(conn, order_id, attempt)
+            except FailedPrecondition as exc:
+                if exc.reason == "DRIVER_HAS_PENDING_OFFER":
+                    continue  # another order waits on this courier: the next best
+                if exc.reason == "ORDER_HAS_PENDING_OFFER":
+                    return None  # another step got there first
+                raise
+            if self._on_offer is not None:
+                await self._on_offer(offer)
+            return offer
+        # Nobody near, or everyone near busy with another offer or at their cap.
+        if attempt >= ctx.max_attempts:
+            await self._jobs.give_up_round(
+                ctx, self.rules.retry_after_s, NO_COURIER_TITLE, NO_COURIER_BODY
+            )
+        else:
+            await self._jobs.search_again(
+                order_id, attempt, self.rules.search_again_s, f"no courier within {radius:.0f} m"
+            )
+        return None
+
+    async def run_once(self, limit: int = 100) -> list[Offer]:
+        """Expires offers whose time is up and steps their orders, then every due job."""
+        made: list[Offer] = []
+        for expired in await self._offers.expire_due(limit):
+            offer = await self.step(expired.order_id)
+            if offer is not None:
+                made.append(offer)
+        for order_id in await self._jobs.claim_due(limit):
+            offer = await self.step(order_id)
+            if offer is not None:
+                made.append(offer)
+        return made
+
+    async def _candidates(self, ctx: JobContext) -> tuple[list, float]:  # type: ignore[type-arg]
+        """The scored couriers near the shop (best first) and the radius they were found in."""
+        left_out = await self._offers.answered_by(ctx.order_id)
+        found: list[Nearby] = []
+        radius = self.rules.radii_m[-1]
+        for radius in self.rules.radii_m:
+            near = await self._locator.nearby(
+                ctx.pickup_lat, ctx.pickup_lng, radius, self.rules.candidates + len(left_out)
+            )
+            found = [n for n in near if n.driver_id not in left_out][: self.rules.candidates]
+            if found:
+                break
+        if not found:
+            return [], radius
+        stats = await self._offers.stats([n.driver_id for n in found], self.rules.stats_window_s)
+        candidates = [
+            Candidate(
+                driver_id=n.driver_id,
+                distance_m=n.distance_m,
+                rating=s.rating,
+                offers_in_window=s.answered,
+                accepted_in_window=s.accepted,
+                active_orders=s.active_orders,
+            )
+            for n in found
+            if (s := stats.get(n.driver_id)) is not None and s.active_orders < s.max_active_orders
+        ]
+        return rank(candidates, radius, self.rules.scoring), radius
