@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
+import grpc
 
 from matching_svc.domain.offers import Offer
 from matching_svc.domain.scoring import Candidate, ScoringRules, rank
@@ -103,6 +104,13 @@ class Dispatcher:
         except BreakerOpen as exc:
             # location_svc is down: the order waits, it does not fail (nor count an attempt).
             await self._jobs.search_again(order_id, ctx.attempts, exc.retry_after_s, str(exc))
+            return None
+        except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+            # A failed search (the breaker counts it): again soon, no attempt spent.
+            logger.warning("candidate search for order %s failed: %s", order_id, exc)
+            await self._jobs.search_again(
+                order_id, ctx.attempts, self.rules.search_again_s, f"search failed: {exc}"
+            )
             return None
         attempt = ctx.attempts + 1
         for choice in ranked:

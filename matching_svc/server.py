@@ -2,23 +2,60 @@
 
 from __future__ import annotations
 
+import grpc
+
 from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
+from matching_svc.dispatcher import Dispatcher, DispatchRules
+from matching_svc.locator import LocationLocator
+from matching_svc.service import DispatchLoop, MatchingService, OfferPush
+from matching_svc.store.jobs import JobStore
+from matching_svc.store.offers import OfferStore
+from mesh.auth import service_token
+from mesh.breaker import BreakerSettings, CircuitBreaker
 from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
 from mesh.settings import Settings
 from mesh.stores import Stores
+from order_svc.store.orders import OrderStore
 
 SERVICE_NAME = matching_service_pb2.DESCRIPTOR.services_by_name["MatchingService"].full_name
 
 
-async def build_server(settings: Settings, stores: Stores) -> MeshServer:
-    """Binds matching_svc on ``settings.server.listen``; the handlers land with the dispatch issue,
-    until then the generated base class answers every RPC with UNIMPLEMENTED."""
-    binding = ServiceBinding(
-        SERVICE_NAME,
-        matching_service_pb2_grpc.MatchingServiceServicer(),
-        matching_service_pb2_grpc.add_MatchingServiceServicer_to_server,
+async def build_server(
+    settings: Settings,
+    stores: Stores,
+    *,
+    rules: DispatchRules | None = None,
+    location_addr: str | None = None,
+    tick_s: float = 0.2,
+    breaker: BreakerSettings | None = None,
+) -> MeshServer:
+    """Binds matching_svc with its dispatch loop as a worker."""
+    assert stores.pool is not None and stores.redis is not None
+    # gRPC's default reconnect backoff grows to two minutes: after location_svc returns from
+    # an outage, dispatch would wait that long. A second at most between attempts.
+    channel = grpc.aio.insecure_channel(
+        location_addr or settings.peers.location_addr,
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ],
     )
-    return build_mesh_server(settings, stores, [binding])
+    location_breaker = CircuitBreaker("location_svc", breaker)
+    token = service_token(settings.auth.service_secret, "matching")
+    locator = LocationLocator(channel, (("authorization", f"Bearer {token}"),), location_breaker)
+    offers = OfferStore(stores.pool, OrderStore(stores.pool))
+    jobs = JobStore(stores.pool)
+    push = OfferPush(stores.redis)
+    dispatcher = Dispatcher(stores.pool, offers, jobs, locator, rules, on_offer=push.offered)
+    service = MatchingService(stores.redis, offers, jobs, dispatcher, [location_breaker])
+    binding = ServiceBinding(
+        SERVICE_NAME, service, matching_service_pb2_grpc.add_MatchingServiceServicer_to_server
+    )
+    server = build_mesh_server(settings, stores, [binding])
+    loop = DispatchLoop(dispatcher, tick_s)
+    server.add_worker(loop.run, loop.stop)
+    return server
 
 
 async def main() -> None:

@@ -69,23 +69,43 @@ class JobStore:
         )
         return JobContext(**dict(row)) if row else None
 
-    async def claim_due(self, limit: int) -> list[str]:
+    async def claim_due(self, limit: int, stale_s: float = 5.0) -> list[str]:
         """Orders whose job is due now (queued or waiting for a retry), marked searching.
 
-        Jobs another instance claimed in the same instant are skipped (SKIP LOCKED).
+        Also jobs left searching or offered for ``stale_s`` without a pending offer. Jobs
+        another instance claimed in the same instant are skipped (SKIP LOCKED).
         """
         rows = await self._pool.fetch(
             """
             UPDATE dispatch_jobs SET state = 'searching'
-             WHERE order_id IN (SELECT order_id FROM dispatch_jobs
-                                 WHERE state IN ('queued', 'waiting_for_retry')
-                                   AND next_attempt_at <= now()
-                                 ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             WHERE order_id IN (
+                   SELECT j.order_id FROM dispatch_jobs j
+                    WHERE (j.state IN ('queued', 'waiting_for_retry')
+                           AND j.next_attempt_at <= now())
+                       -- A step that never finished (its process died), or an answered offer
+                       -- whose next step did not run: no pending offer, nothing due.
+                       OR (j.state IN ('searching', 'offered')
+                           AND j.updated_at < now() - make_interval(secs => $2)
+                           AND NOT EXISTS (SELECT 1 FROM driver_offers o
+                                            WHERE o.order_id = j.order_id
+                                              AND o.status = 'pending'))
+                    ORDER BY j.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
             RETURNING order_id::text
             """,
             limit,
+            stale_s,
         )
         return [r["order_id"] for r in rows]
+
+    async def due_now(self, order_id: str) -> None:
+        """An operator's retry: a waiting or queued job becomes due at once."""
+        await self._pool.execute(
+            "UPDATE dispatch_jobs SET next_attempt_at = now(), attempts = 0,"
+            "       state = CASE WHEN state IN ('exhausted', 'cancelled') THEN 'queued'"
+            "                    ELSE state END"
+            " WHERE order_id = $1::uuid AND state NOT IN ('assigned', 'offered', 'searching')",
+            order_id,
+        )
 
     async def offered(self, conn: asyncpg.Connection, order_id: str, attempts: int) -> None:
         await conn.execute(

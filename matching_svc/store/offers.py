@@ -221,6 +221,23 @@ class OfferStore:
         )
         return sorted((_offer(r) for r in rows), key=lambda o: o.expires_at)
 
+    async def pending_for(self, driver_id: str) -> list[Offer]:
+        """The courier's pending, unexpired offers (at most one, by the unique index)."""
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM driver_offers"
+            " WHERE driver_id = $1::uuid AND status = 'pending' AND expires_at > now()",
+            driver_id,
+        )
+        return [_offer(r) for r in rows]
+
+    async def for_order(self, order_id: str) -> list[Offer]:
+        """Every offer of the order, oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM driver_offers WHERE order_id = $1::uuid ORDER BY offered_at",
+            order_id,
+        )
+        return [_offer(r) for r in rows]
+
     async def answered_by(self, order_id: str) -> set[str]:
         """The couriers who declined this order's offer or let it expire: not asked again."""
         rows = await self._pool.fetch(

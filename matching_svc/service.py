@@ -1,0 +1,267 @@
+"""MatchingService over gRPC: offers to couriers' streams, their answers, dispatch status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import timestamp_pb2
+from redis.asyncio import Redis
+
+from delivery.matching.v1 import matching_pb2, matching_service_pb2, matching_service_pb2_grpc
+from matching_svc.dispatcher import Dispatcher
+from matching_svc.domain.offers import Offer, OfferStatus
+from matching_svc.store.jobs import JobStore
+from matching_svc.store.offers import OfferStore
+from mesh.auth import Role, current_principal
+from mesh.breaker import BreakerState, CircuitBreaker
+from mesh.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.ids import canonical_uuid
+
+logger = logging.getLogger(__name__)
+
+#: Redis pub/sub channel of one courier's offer events ("<offer id>" for a new offer).
+OFFER_CHANNEL = "offers:{}"
+
+_STATUS = {
+    OfferStatus.PENDING: matching_pb2.OFFER_STATUS_PENDING,
+    OfferStatus.ACCEPTED: matching_pb2.OFFER_STATUS_ACCEPTED,
+    OfferStatus.DECLINED: matching_pb2.OFFER_STATUS_DECLINED,
+    OfferStatus.EXPIRED: matching_pb2.OFFER_STATUS_EXPIRED,
+    OfferStatus.WITHDRAWN: matching_pb2.OFFER_STATUS_WITHDRAWN,
+}
+_STATES = {
+    "queued": matching_pb2.DISPATCH_STATE_QUEUED,
+    "searching": matching_pb2.DISPATCH_STATE_SEARCHING,
+    "offered": matching_pb2.DISPATCH_STATE_OFFERED,
+    "assigned": matching_pb2.DISPATCH_STATE_ASSIGNED,
+    "waiting_for_retry": matching_pb2.DISPATCH_STATE_WAITING_FOR_RETRY,
+    "exhausted": matching_pb2.DISPATCH_STATE_EXHAUSTED,
+    "cancelled": matching_pb2.DISPATCH_STATE_CANCELLED,
+}
+_BREAKER = {
+    BreakerState.CLOSED: matching_pb2.BREAKER_STATE_CLOSED,
+    BreakerState.OPEN: matching_pb2.BREAKER_STATE_OPEN,
+    BreakerState.HALF_OPEN: matching_pb2.BREAKER_STATE_HALF_OPEN,
+}
+_DECLINE_REASONS = {
+    value: name.removeprefix("DECLINE_REASON_").lower()
+    for name, value in matching_pb2.DeclineReason.items()
+    if value
+}
+
+
+def _ts(value: object) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)  # type: ignore[arg-type]
+    return ts
+
+
+def offer_to_proto(offer: Offer, *, operator: bool) -> matching_pb2.Offer:
+    """The offer as a courier sees it; scores and their terms only for operators."""
+    message = matching_pb2.Offer(
+        offer_id=offer.offer_id,
+        order_id=offer.order_id,
+        driver_id=offer.driver_id,
+        status=_STATUS[offer.status],
+        attempt=offer.attempt,
+        stacked=offer.stacked,
+        offer_time=_ts(offer.offered_at),
+        expire_time=_ts(offer.expires_at),
+        respond_time=_ts(offer.responded_at),
+    )
+    if operator:
+        message.score = offer.score or 0.0
+        for name, (value, weight) in offer.factors.items():
+            message.factors.add(name=name, value=value, weight=weight)
+    return message
+
+
+def _offer_id(value: str) -> str:
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise InvalidArgument(FieldViolation("offer_id", "must be an offer id (a UUID)"))
+    return canonical
+
+
+class OfferPush:
+    """Tells a courier's open StreamOffers (on any matching instance) about a new offer."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def offered(self, offer: Offer) -> None:
+        await self._redis.publish(OFFER_CHANNEL.format(offer.driver_id), offer.offer_id)
+
+
+class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
+    def __init__(
+        self,
+        redis: Redis,
+        offers: OfferStore,
+        jobs: JobStore,
+        dispatcher: Dispatcher,
+        breakers: list[CircuitBreaker],
+    ) -> None:
+        self._redis = redis
+        self._offers = offers
+        self._jobs = jobs
+        self._dispatcher = dispatcher
+        self._breakers = breakers
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def AcceptOffer(
+        self, request: matching_service_pb2.AcceptOfferRequest, context: grpc.aio.ServicerContext
+    ) -> matching_service_pb2.AcceptOfferResponse:
+        principal = current_principal()
+        principal.require(Role.DRIVER)
+        offer, _ = await self._offers.accept(_offer_id(request.offer_id), principal.subject)
+        return matching_service_pb2.AcceptOfferResponse(offer=offer_to_proto(offer, operator=False))
+
+    async def DeclineOffer(
+        self, request: matching_service_pb2.DeclineOfferRequest, context: grpc.aio.ServicerContext
+    ) -> matching_service_pb2.DeclineOfferResponse:
+        principal = current_principal()
+        principal.require(Role.DRIVER)
+        offer = await self._offers.decline(
+            _offer_id(request.offer_id),
+            principal.subject,
+            _DECLINE_REASONS.get(request.reason),
+        )
+        # The next courier at once; the dispatch loop would get there too (the job is durable).
+        self._spawn(self._dispatcher.step(offer.order_id))
+        return matching_service_pb2.DeclineOfferResponse(
+            offer=offer_to_proto(offer, operator=False)
+        )
+
+    async def StreamOffers(
+        self, request: matching_service_pb2.StreamOffersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[matching_service_pb2.StreamOffersResponse]:
+        principal = current_principal()
+        principal.require(Role.DRIVER)
+        driver_id = principal.subject
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(OFFER_CHANNEL.format(driver_id))
+        try:
+            # Subscribed first, then what is pending: an offer made in between comes twice at
+            # worst (apps key offers by id), never not at all.
+            for offer in await self._offers.pending_for(driver_id):
+                yield matching_service_pb2.StreamOffersResponse(
+                    offer=offer_to_proto(offer, operator=False)
+                )
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                raw = message["data"]
+                offer_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                made = await self._offers.get(offer_id)
+                if made is not None and made.driver_id == driver_id:
+                    yield matching_service_pb2.StreamOffersResponse(
+                        offer=offer_to_proto(made, operator=False)
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe()
+                await pubsub.aclose()
+
+    async def DispatchOrder(
+        self,
+        request: matching_service_pb2.DispatchOrderRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> matching_service_pb2.DispatchOrderResponse:
+        current_principal().require_service("order")
+        order_id = canonical_uuid(request.order_id)
+        if order_id is None:
+            raise InvalidArgument(FieldViolation("order_id", "must be an order id (a UUID)"))
+        await self._jobs.ensure(order_id, None, self._dispatcher.rules.max_attempts)
+        await self._jobs.due_now(order_id)
+        self._spawn(self._run_due())
+        return matching_service_pb2.DispatchOrderResponse(
+            dispatch_status=await self._status(order_id, operator=True)
+        )
+
+    async def GetDispatchStatus(
+        self,
+        request: matching_service_pb2.GetDispatchStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> matching_service_pb2.GetDispatchStatusResponse:
+        principal = current_principal()
+        principal.require_service("order")
+        order_id = canonical_uuid(request.order_id)
+        if order_id is None:
+            raise InvalidArgument(FieldViolation("order_id", "must be an order id (a UUID)"))
+        return matching_service_pb2.GetDispatchStatusResponse(
+            dispatch_status=await self._status(order_id, operator=True)
+        )
+
+    async def _status(self, order_id: str, *, operator: bool) -> matching_pb2.DispatchStatus:
+        job = await self._jobs.context(order_id)
+        if job is None:
+            raise NotFound(f"order {order_id} was never dispatched", reason="NOT_DISPATCHED")
+        status = matching_pb2.DispatchStatus(
+            order_id=order_id,
+            state=_STATES[job.state],
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            driver_id=job.driver_id or "",
+        )
+        if operator:
+            for offer in await self._offers.for_order(order_id):
+                status.offers.append(offer_to_proto(offer, operator=True))
+                if offer.status is OfferStatus.PENDING:
+                    status.current_offer.CopyFrom(offer_to_proto(offer, operator=True))
+            for breaker in self._breakers:
+                snap = breaker.snapshot()
+                entry = status.breakers.add(
+                    name=snap.name,
+                    state=_BREAKER[snap.state],
+                    failure_count=snap.failures,
+                    call_count=snap.calls,
+                )
+                if snap.open_until is not None:
+                    entry.open_until_time.FromNanoseconds(int(snap.open_until * 1e9))
+        return status
+
+    async def _run_due(self) -> None:
+        await self._dispatcher.run_once()
+
+    def _spawn(self, work: object) -> None:
+        async def guarded() -> None:
+            try:
+                await work  # type: ignore[misc]
+            except Exception:
+                logger.exception("a dispatch step failed; the dispatch loop retries it")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class DispatchLoop:
+    """The worker that expires offers and runs due jobs, every ``tick_s``."""
+
+    def __init__(self, dispatcher: Dispatcher, tick_s: float = 0.2) -> None:
+        self._dispatcher = dispatcher
+        self._tick_s = tick_s
+        self._stopping = asyncio.Event()
+        #: Rounds that failed (PostgreSQL away, say); the next round tries again.
+        self.errors = 0
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._dispatcher.run_once()
+            except Exception:
+                self.errors += 1
+                logger.exception("a dispatch round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._tick_s)
+
+    def stop(self) -> None:
+        self._stopping.set()

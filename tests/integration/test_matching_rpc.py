@@ -1,0 +1,228 @@
+"""matching_svc over gRPC with order_svc and location_svc beside it: a courier's offer stream,
+the answers, dispatch status, and the breaker while location_svc is away."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from delivery.common.v1 import common_pb2
+from delivery.location.v1 import location_pb2, location_service_pb2, location_service_pb2_grpc
+from delivery.matching.v1 import matching_pb2, matching_service_pb2, matching_service_pb2_grpc
+from location_svc.server import build_server as build_location
+from matching_svc.dispatcher import DispatchRules
+from matching_svc.server import build_server as build_matching
+from mesh import clock
+from mesh.breaker import BreakerSettings
+from mesh.geo import EARTH_RADIUS_M
+from mesh.settings import Settings, StoreSettings
+from mesh.stores import Stores
+from mesh.testing import service_metadata, serving, settings_for_test
+from order_svc.server import build_server as build_order
+from tests.integration.marketplace import Caller, Market, details
+from tests.integration.rows import shop_order
+from tests.polling import eventually
+
+RULES = DispatchRules(offer_ttl_s=30.0, search_again_s=0.2)
+FAST_BREAKER = BreakerSettings(open_s=1.0, call_timeout_s=2.0)
+
+
+@dataclass
+class Mesh:
+    market: Market
+    stores: Stores
+    settings: Settings
+    matching: matching_service_pb2_grpc.MatchingServiceStub
+    location_settings: Settings
+    shop: tuple[float, float]
+
+    @property
+    def as_order_svc(self) -> tuple[tuple[str, str], ...]:
+        return service_metadata(self.settings, "order")
+
+    async def courier_near_shop(
+        self, location: location_service_pb2_grpc.LocationServiceStub, metres: float
+    ) -> Caller:
+        driver = await self.market.sign_up(common_pb2.ROLE_DRIVER)
+        await location.SetAvailability(
+            location_service_pb2.SetAvailabilityRequest(status=common_pb2.DRIVER_STATUS_AVAILABLE),
+            metadata=driver.metadata,
+            # This process's earlier calls to the address may have left it in backoff.
+            wait_for_ready=True,
+        )
+        lat = self.shop[0] + math.degrees(metres / EARTH_RADIUS_M)
+        ms = clock.now_ms()
+        fix = location_pb2.LocationFix(
+            position=common_pb2.LatLng(latitude=lat, longitude=self.shop[1]),
+            accuracy_meters=5.0,
+        )
+        fix.device_time.FromMilliseconds(ms)
+        await location.ReportLocations(
+            location_service_pb2.ReportLocationsRequest(fixes=[fix]), metadata=driver.metadata
+        )
+        return driver
+
+    async def order(self) -> str:
+        assert self.stores.pool is not None
+        return (await shop_order(self.stores.pool, "confirmed", shop=self.shop)).order
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[Mesh]:
+    order_settings = settings_for_test("order", store_settings)
+    matching_settings = settings_for_test("matching", store_settings)
+    # location_svc gets a port of its own choosing later: tests start and stop it.
+    location_settings = settings_for_test(
+        "location", store_settings, listen=f"127.0.0.1:{_free_port()}"
+    )
+
+    async def matching(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def]
+        return await build_matching(
+            settings,
+            stores,
+            rules=RULES,
+            location_addr=location_settings.server.listen,
+            tick_s=0.05,
+            breaker=FAST_BREAKER,
+        )
+
+    async with (
+        serving(build_order, order_settings, stores) as (_, order_channel),
+        serving(matching, matching_settings, stores) as (_, matching_channel),
+    ):
+        yield Mesh(
+            Market(order_channel, stores, order_settings),
+            stores,
+            matching_settings,
+            matching_service_pb2_grpc.MatchingServiceStub(matching_channel),
+            location_settings,
+            (random.uniform(-50, 50), random.uniform(-170, 170)),
+        )
+
+
+async def test_a_courier_gets_the_offer_on_the_stream_again_after_reconnecting_and_accepts(
+    mesh: Mesh,
+) -> None:
+    async with serving(build_location, mesh.location_settings, mesh.stores) as (_, channel):
+        location = location_service_pb2_grpc.LocationServiceStub(channel)
+        driver = await mesh.courier_near_shop(location, 400)
+        stream = mesh.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        order = await mesh.order()
+        reply = await mesh.matching.DispatchOrder(
+            matching_service_pb2.DispatchOrderRequest(order_id=order),
+            metadata=mesh.as_order_svc,
+        )
+        assert reply.dispatch_status.order_id == order
+        first = await asyncio.wait_for(stream.read(), 10)
+        assert first.offer.order_id == order and first.offer.driver_id == driver.user_id
+        assert first.offer.status == matching_pb2.OFFER_STATUS_PENDING
+        assert first.offer.score == 0 and not first.offer.factors  # not for couriers' eyes
+        stream.cancel()
+        # The app was away: on reconnecting, the pending offer comes again.
+        again = mesh.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        resent = await asyncio.wait_for(again.read(), 10)
+        again.cancel()
+        assert resent.offer.offer_id == first.offer.offer_id
+        accepted = await mesh.matching.AcceptOffer(
+            matching_service_pb2.AcceptOfferRequest(offer_id=first.offer.offer_id),
+            metadata=driver.metadata,
+        )
+        assert accepted.offer.status == matching_pb2.OFFER_STATUS_ACCEPTED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.matching.AcceptOffer(
+                matching_service_pb2.AcceptOfferRequest(offer_id=first.offer.offer_id),
+                metadata=driver.metadata,
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert details(caught.value)[0] == "OFFER_ALREADY_ACCEPTED"
+        status = await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=order),
+            metadata=mesh.as_order_svc,
+        )
+        assert status.dispatch_status.state == matching_pb2.DISPATCH_STATE_ASSIGNED
+        assert status.dispatch_status.driver_id == driver.user_id
+        [offer] = status.dispatch_status.offers
+        assert offer.score > 0 and {f.name for f in offer.factors} == {
+            "distance",
+            "rating",
+            "acceptance",
+            "load",
+        }
+
+
+async def test_bad_answers_get_clear_errors(mesh: Mesh) -> None:
+    driver = await mesh.market.sign_up(common_pb2.ROLE_DRIVER)
+    customer = await mesh.market.sign_up(common_pb2.ROLE_CUSTOMER)
+    cases = [
+        (driver, "not-an-id", grpc.StatusCode.INVALID_ARGUMENT),
+        (driver, "00000000-0000-4000-8000-000000000000", grpc.StatusCode.NOT_FOUND),
+        (customer, "00000000-0000-4000-8000-000000000000", grpc.StatusCode.PERMISSION_DENIED),
+    ]
+    for caller, offer_id, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.matching.AcceptOffer(
+                matching_service_pb2.AcceptOfferRequest(offer_id=offer_id),
+                metadata=caller.metadata,
+            )
+        assert caught.value.code() == code, (offer_id, caught.value.details())
+
+
+async def test_the_breaker_opens_while_location_is_away_and_orders_dispatch_once_it_is_back(
+    mesh: Mesh,
+) -> None:
+    order = await mesh.order()
+    await mesh.matching.DispatchOrder(
+        matching_service_pb2.DispatchOrderRequest(order_id=order), metadata=mesh.as_order_svc
+    )
+
+    async def breaker_state() -> int:
+        status = await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=order),
+            metadata=mesh.as_order_svc,
+        )
+        [breaker] = status.dispatch_status.breakers
+        assert breaker.name == "location_svc"
+        return int(breaker.state)
+
+    # Nothing answers on location_svc's address: searches fail until the breaker opens.
+    await eventually(lambda: _is(breaker_state(), matching_pb2.BREAKER_STATE_OPEN))
+    status = await mesh.matching.GetDispatchStatus(
+        matching_service_pb2.GetDispatchStatusRequest(order_id=order), metadata=mesh.as_order_svc
+    )
+    assert status.dispatch_status.state in (
+        matching_pb2.DISPATCH_STATE_WAITING_FOR_RETRY,
+        matching_pb2.DISPATCH_STATE_SEARCHING,
+    )
+    assert status.dispatch_status.attempts == 0  # waiting on a dependency spends no attempt
+    # location_svc comes back, with a courier near the shop: the queued order gets its offer.
+    async with serving(build_location, mesh.location_settings, mesh.stores) as (_, channel):
+        location = location_service_pb2_grpc.LocationServiceStub(channel)
+        driver = await mesh.courier_near_shop(location, 300)
+        stream = mesh.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        offered = await asyncio.wait_for(stream.read(), 20)
+        stream.cancel()
+        assert offered.offer.order_id == order
+        assert await breaker_state() == matching_pb2.BREAKER_STATE_CLOSED
+
+
+async def _is(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
