@@ -91,6 +91,7 @@ async def assign_courier_in(
         notifications=notifications,
         reason=reason,
         conn=conn,
+        previous_driver_id=order.driver_id,
     )
     if version is None:  # pragma: no cover - the row is locked: nobody can change it meanwhile
         raise Aborted(f"order {order_id} changed meanwhile", reason="CONCURRENT_CHANGE")

@@ -480,6 +480,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             estimated_prep_seconds=estimated_prep_seconds,
             proof=proof,
             key=key,
+            previous_driver_id=order.driver_id,
         )
         if version is None:
             if key is not None and await self._replayed(key, order):

@@ -152,15 +152,14 @@ class OfferStore:
                 if row is None:
                     raise await self._refusal(conn, offer_id, driver_id)
                 offer = _offer(row)
-                load = await conn.fetchval(
-                    """
-                    UPDATE drivers SET active_order_count = active_order_count + 1
-                     WHERE id = $1::uuid AND active_order_count < max_active_orders
-                    RETURNING active_order_count
-                    """,
+                # The courier's row stays locked to the end: two accepts of one courier (for
+                # two orders) cannot both pass the cap. The order's change raises the load.
+                room = await conn.fetchval(
+                    "SELECT active_order_count < max_active_orders FROM drivers"
+                    " WHERE id = $1::uuid FOR UPDATE",
                     driver_id,
                 )
-                if load is None:
+                if not room:
                     raise FailedPrecondition(
                         "the courier carries as many orders as allowed",
                         reason="DRIVER_AT_CAPACITY",

@@ -313,6 +313,7 @@ class OrderStore:
         | None = None,
         key: RequestKey | None = None,
         conn: asyncpg.Connection | None = None,
+        previous_driver_id: str | None = None,
     ) -> int | None:
         """Applies ``transition`` if the order is still where it was planned from.
 
@@ -345,6 +346,7 @@ class OrderStore:
             key.operation if key else "",
             key.request_id if key else "",
             key.request_hash if key else b"",
+            previous_driver_id,
         ]
         if proof is not None:
             args.extend(proof)
@@ -497,7 +499,7 @@ def _transition_sql(stamp: str | None, with_proof: bool) -> str:
         """, proof AS (
     INSERT INTO delivery_proofs (order_id, kind, photo, content_type, lat, lng, captured_at,
                                  created_at)
-    SELECT id, $25, $26, $27, $28, $29, $30, $6::timestamptz FROM upd
+    SELECT id, $26, $27, $28, $29, $30, $31, $6::timestamptz FROM upd
 )"""
         if with_proof
         else ""
@@ -534,6 +536,19 @@ WITH upd AS (
            $6::timestamptz, $6::timestamptz + interval '24 hours'
       FROM upd WHERE $23::text <> ''
     ON CONFLICT (caller_id, operation, request_id) DO NOTHING
+), unload AS (
+    -- A courier's load is their active orders: it drops when one leaves them (delivered,
+    -- cancelled, or given to someone else) and rises when one comes. Kept here, in the one
+    -- statement every change goes through, so it cannot drift.
+    UPDATE drivers SET active_order_count = greatest(active_order_count - 1, 0)
+      FROM upd
+     WHERE drivers.id = $25::uuid
+       AND ($25::uuid IS DISTINCT FROM $5::uuid OR $4 IN ('delivered', 'cancelled'))
+), load AS (
+    UPDATE drivers SET active_order_count = active_order_count + 1
+      FROM upd
+     WHERE drivers.id = $5::uuid
+       AND $5::uuid IS DISTINCT FROM $25::uuid AND $4 NOT IN ('delivered', 'cancelled')
 ){proof}
 SELECT version FROM upd
 """

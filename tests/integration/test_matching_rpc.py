@@ -16,6 +16,7 @@ import pytest
 from delivery.common.v1 import common_pb2
 from delivery.location.v1 import location_pb2, location_service_pb2, location_service_pb2_grpc
 from delivery.matching.v1 import matching_pb2, matching_service_pb2, matching_service_pb2_grpc
+from delivery.order.v1 import order_pb2, order_service_pb2
 from location_svc.server import build_server as build_location
 from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
@@ -226,3 +227,49 @@ async def test_the_breaker_opens_while_location_is_away_and_orders_dispatch_once
 
 async def _is(value: object, expected: int) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+async def test_a_couriers_load_follows_their_orders(mesh: Mesh) -> None:
+    """Up on accept, over to the new courier on a reassignment, down on a cancellation."""
+    assert mesh.stores.pool is not None
+    pool = mesh.stores.pool
+
+    async def load(driver: Caller) -> int:
+        value: int = await pool.fetchval(
+            "SELECT active_order_count FROM drivers WHERE id = $1::uuid", driver.user_id
+        )
+        return value
+
+    async with serving(build_location, mesh.location_settings, mesh.stores) as (_, channel):
+        location = location_service_pb2_grpc.LocationServiceStub(channel)
+        driver = await mesh.courier_near_shop(location, 200)
+        other = await mesh.market.sign_up(common_pb2.ROLE_DRIVER)
+        stream = mesh.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        order = await mesh.order()
+        await mesh.matching.DispatchOrder(
+            matching_service_pb2.DispatchOrderRequest(order_id=order), metadata=mesh.as_order_svc
+        )
+        offered = await asyncio.wait_for(stream.read(), 10)
+        stream.cancel()
+        await mesh.matching.AcceptOffer(
+            matching_service_pb2.AcceptOfferRequest(offer_id=offered.offer.offer_id),
+            metadata=driver.metadata,
+        )
+    assert (await load(driver), await load(other)) == (1, 0)
+    admin = await mesh.market.admin()
+    await mesh.market.orders.ReassignOrder(
+        order_service_pb2.ReassignOrderRequest(
+            order_id=order, reason="courier's bike broke", new_driver_id=other.user_id
+        ),
+        metadata=admin.metadata,
+    )
+    assert (await load(driver), await load(other)) == (0, 1)
+    await mesh.market.orders.CancelOrder(
+        order_service_pb2.CancelOrderRequest(
+            order_id=order, reason=order_pb2.CANCEL_REASON_OTHER, note="test"
+        ),
+        metadata=admin.metadata,
+    )
+    assert (await load(driver), await load(other)) == (0, 0)
