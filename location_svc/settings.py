@@ -15,7 +15,7 @@ from location_svc.domain.fixes import FixRules
 from location_svc.domain.geofence import GeofenceRules
 from location_svc.domain.presence import Pacing
 from location_svc.service import LocationPolicy
-from mesh.settings import PREFIX, env_float
+from mesh.settings import env_non_negative, env_positive
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,10 @@ class LocationSettings:
         p, f, g, pace = LocationPolicy(), FixRules(), GeofenceRules(), Pacing()
 
         def positive(name: str, default: float) -> float:
-            value = env_float(env, name, default)
-            if not value > 0:
-                raise ValueError(f"{PREFIX}{name} must be positive, got {value}")
-            return value
+            return env_positive(env, name, default)
 
         def non_negative(name: str, default: float) -> float:
-            value = env_float(env, name, default)
-            if not value >= 0:
-                raise ValueError(f"{PREFIX}{name} must not be negative, got {value}")
-            return value
+            return env_non_negative(env, name, default)
 
         radius = positive("ARRIVAL_RADIUS_M", g.merchant_radius_m)
         return cls(

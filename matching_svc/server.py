@@ -8,6 +8,7 @@ from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
 from matching_svc.dispatcher import Dispatcher, DispatchRules
 from matching_svc.locator import LocationLocator
 from matching_svc.service import DispatchLoop, MatchingService, OfferPush
+from matching_svc.settings import MatchingSettings
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
 from mesh.auth import service_token
@@ -26,11 +27,19 @@ async def build_server(
     *,
     rules: DispatchRules | None = None,
     location_addr: str | None = None,
-    tick_s: float = 0.2,
+    tick_s: float | None = None,
     breaker: BreakerSettings | None = None,
 ) -> MeshServer:
-    """Binds matching_svc with its dispatch loop as a worker."""
+    """Binds matching_svc with its dispatch loop as a worker.
+
+    ``rules``, ``tick_s`` and ``breaker`` default to what the environment says
+    (:class:`MatchingSettings`).
+    """
     assert stores.pool is not None and stores.redis is not None
+    configured = MatchingSettings.from_env()
+    rules = rules or configured.rules
+    breaker = breaker or configured.breaker
+    tick_s = tick_s or configured.tick_s
     # gRPC's default reconnect backoff grows to two minutes: after location_svc returns from
     # an outage, dispatch would wait that long. A second at most between attempts.
     channel = grpc.aio.insecure_channel(

@@ -40,6 +40,22 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
 
 
+def env_positive(env: Mapping[str, str], name: str, default: float) -> float:
+    """:func:`env_float` that must be above zero."""
+    value = env_float(env, name, default)
+    if not value > 0:
+        raise ValueError(f"{PREFIX}{name} must be positive, got {value}")
+    return value
+
+
+def env_non_negative(env: Mapping[str, str], name: str, default: float) -> float:
+    """:func:`env_float` that must not be below zero."""
+    value = env_float(env, name, default)
+    if not value >= 0:
+        raise ValueError(f"{PREFIX}{name} must not be negative, got {value}")
+    return value
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     """``DELIVERY_<name>`` as an int, or ``default``; a malformed value is an error at startup."""
     raw = _get(env, name)
