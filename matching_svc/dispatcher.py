@@ -59,6 +59,9 @@ class DispatchRules:
     search_again_s: float = 10.0
     #: After a round without an accept, the next round in this many seconds.
     retry_after_s: float = 120.0
+    #: How long a courier typically needs to reach the shop, in seconds: dispatch starts this
+    #: long before the food is expected to be ready (at once if preparation is shorter).
+    lead_s: float = 600.0
     #: The window over which acceptance rates count, in seconds.
     stats_window_s: float = 24 * 3600.0
     scoring: ScoringRules = field(default_factory=ScoringRules)

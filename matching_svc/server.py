@@ -11,9 +11,17 @@ from matching_svc.service import DispatchLoop, MatchingService, OfferPush
 from matching_svc.settings import MatchingSettings
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
+from matching_svc.triggers import OrderTriggers
 from mesh.auth import service_token
 from mesh.breaker import BreakerSettings, CircuitBreaker
-from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
+from mesh.events import EventConsumer, stream_for
+from mesh.server import (
+    MeshServer,
+    ServiceBinding,
+    build_mesh_server,
+    consumer_name,
+    run_service,
+)
 from mesh.settings import Settings
 from mesh.stores import Stores
 from order_svc.store.orders import OrderStore
@@ -29,6 +37,8 @@ async def build_server(
     location_addr: str | None = None,
     tick_s: float | None = None,
     breaker: BreakerSettings | None = None,
+    group_start_id: str = "0",
+    consumer_group: str = "matching",
 ) -> MeshServer:
     """Binds matching_svc with its dispatch loop as a worker.
 
@@ -64,6 +74,18 @@ async def build_server(
     server = build_mesh_server(settings, stores, [binding])
     loop = DispatchLoop(dispatcher, tick_s)
     server.add_worker(loop.run, loop.stop)
+    triggers = OrderTriggers(jobs, offers, max_attempts=rules.max_attempts, lead_s=rules.lead_s)
+    # A new consumer group starts at the stream's beginning ("0"): no order confirmed before
+    # matching_svc first ran is missed. Tests that share a stream start at "$".
+    consumer = EventConsumer(
+        stores.redis,
+        stream_for("order"),
+        consumer_group,
+        consumer_name(),
+        triggers.handle,
+        group_start_id=group_start_id,
+    )
+    server.add_worker(consumer.run, consumer.stop)
     return server
 
 

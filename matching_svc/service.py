@@ -210,7 +210,10 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             driver_id=job.driver_id or "",
+            update_time=_ts(job.updated_at),
         )
+        if job.state in ("queued", "waiting_for_retry"):
+            status.next_attempt_time.FromDatetime(job.next_attempt_at)
         if operator:
             for offer in await self._offers.for_order(order_id):
                 status.offers.append(offer_to_proto(offer, operator=True))

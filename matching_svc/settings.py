@@ -37,6 +37,7 @@ class MatchingSettings:
                 candidates=r.candidates,
                 search_again_s=env_positive(env, "DISPATCH_SEARCH_AGAIN_S", r.search_again_s),
                 retry_after_s=env_positive(env, "DISPATCH_RETRY_AFTER_S", r.retry_after_s),
+                lead_s=env_non_negative(env, "DISPATCH_LEAD_S", r.lead_s),
                 stats_window_s=r.stats_window_s,
                 scoring=r.scoring,
             ),

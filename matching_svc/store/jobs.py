@@ -29,6 +29,8 @@ class JobContext:
     #: Offers made (or searches that found nobody) in the current round.
     attempts: int
     max_attempts: int
+    next_attempt_at: datetime
+    updated_at: datetime
 
     @property
     def dispatchable(self) -> bool:
@@ -40,11 +42,14 @@ class JobStore:
         self._pool = pool
 
     async def ensure(self, order_id: str, due_at: datetime | None, max_attempts: int) -> bool:
-        """Creates the order's job, due at ``due_at`` (now when None); False if it existed."""
+        """Creates the order's job, due at ``due_at`` (now when None).
+
+        False if it existed, or if the order does not (an old event of an order since deleted).
+        """
         made = await self._pool.fetchval(
             """
             INSERT INTO dispatch_jobs (order_id, next_attempt_at, max_attempts)
-            VALUES ($1::uuid, coalesce($2, now()), $3)
+            SELECT id, coalesce($2, now()), $3 FROM orders WHERE id = $1::uuid
             ON CONFLICT (order_id) DO NOTHING
             RETURNING true
             """,
@@ -59,7 +64,7 @@ class JobStore:
             """
             SELECT o.id::text AS order_id, o.customer_id::text, o.status AS order_status,
                    o.driver_id::text, m.lat AS pickup_lat, m.lng AS pickup_lng,
-                   j.state, j.attempts, j.max_attempts
+                   j.state, j.attempts, j.max_attempts, j.next_attempt_at, j.updated_at
               FROM dispatch_jobs j
               JOIN orders o ON o.id = j.order_id
               JOIN merchants m ON m.id = o.merchant_id
@@ -96,6 +101,14 @@ class JobStore:
             stale_s,
         )
         return [r["order_id"] for r in rows]
+
+    async def hurry(self, order_id: str) -> None:
+        """A job still waiting for its time (the food is ready early) becomes due now."""
+        await self._pool.execute(
+            "UPDATE dispatch_jobs SET next_attempt_at = now()"
+            " WHERE order_id = $1::uuid AND state = 'queued' AND next_attempt_at > now()",
+            order_id,
+        )
 
     async def due_now(self, order_id: str) -> None:
         """An operator's retry: a waiting or queued job becomes due at once."""

@@ -272,6 +272,18 @@ class OfferStore:
             for r in rows
         }
 
+    async def withdraw_for_order(self, order_id: str) -> list[Offer]:
+        """Withdraws the order's pending offer (the order was cancelled or given a courier)."""
+        rows = await self._pool.fetch(
+            f"""
+            UPDATE driver_offers SET status = 'withdrawn', responded_at = now()
+             WHERE order_id = $1::uuid AND status = 'pending'
+            RETURNING {_COLUMNS}
+            """,
+            order_id,
+        )
+        return [_offer(r) for r in rows]
+
     async def _withdraw(self, offer_id: str) -> None:
         await self._pool.execute(
             "UPDATE driver_offers SET status = 'withdrawn', responded_at = now()"

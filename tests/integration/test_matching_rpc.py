@@ -7,11 +7,13 @@ import asyncio
 import math
 import random
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from delivery.common.v1 import common_pb2
 from delivery.location.v1 import location_pb2, location_service_pb2, location_service_pb2_grpc
@@ -22,6 +24,7 @@ from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
 from mesh import clock
 from mesh.breaker import BreakerSettings
+from mesh.events import stream_for
 from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import Settings, StoreSettings
 from mesh.stores import Stores
@@ -90,6 +93,8 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
         "location", store_settings, listen=f"127.0.0.1:{_free_port()}"
     )
 
+    group = f"matching-{uuid.uuid4().hex[:8]}"
+
     async def matching(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def]
         return await build_matching(
             settings,
@@ -98,6 +103,9 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
             location_addr=location_settings.server.listen,
             tick_s=0.05,
             breaker=FAST_BREAKER,
+            # Only this test's events: the shared test Redis keeps older runs' streams.
+            group_start_id="$",
+            consumer_group=group,
         )
 
     async with (
@@ -112,6 +120,8 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
             location_settings,
             (random.uniform(-50, 50), random.uniform(-170, 170)),
         )
+    assert stores.redis is not None
+    await stores.redis.xgroup_destroy(stream_for("order"), group)
 
 
 async def test_a_courier_gets_the_offer_on_the_stream_again_after_reconnecting_and_accepts(
@@ -273,3 +283,76 @@ async def test_a_couriers_load_follows_their_orders(mesh: Mesh) -> None:
         metadata=admin.metadata,
     )
     assert (await load(driver), await load(other)) == (0, 0)
+
+
+async def test_a_confirmed_order_is_dispatched_by_its_event_and_a_cancelled_one_withdrawn(
+    mesh: Mesh,
+) -> None:
+    owner = await mesh.market.sign_up(common_pb2.ROLE_MERCHANT)
+    customer = await mesh.market.sign_up(common_pb2.ROLE_CUSTOMER)
+    shop, pizza = await mesh.market.shop(owner)
+    mesh.shop = (shop.location.latitude, shop.location.longitude)
+
+    async def placed_and_confirmed(prep_s: int) -> str:
+        order = (
+            await mesh.market.orders.CreateOrder(
+                mesh.market.order_request(shop, pizza), metadata=customer.metadata
+            )
+        ).order
+        await mesh.market.orders.ConfirmOrder(
+            order_service_pb2.ConfirmOrderRequest(
+                order_id=order.order_id,
+                expected_version=1,
+                estimated_prep_duration=duration_pb2.Duration(seconds=prep_s),
+            ),
+            metadata=owner.metadata,
+        )
+        return order.order_id
+
+    async def status(order_id: str) -> matching_pb2.DispatchStatus:
+        reply = await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=order_id),
+            metadata=mesh.as_order_svc,
+        )
+        return reply.dispatch_status
+
+    async def has_job(order_id: str) -> bool:
+        try:
+            await status(order_id)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return False
+        return True
+
+    # Long preparation: the job waits until the courier would arrive as the food is ready.
+    slow = await placed_and_confirmed(3_600)
+    await eventually(lambda: has_job(slow))
+    waiting = await status(slow)
+    assert waiting.state == matching_pb2.DISPATCH_STATE_QUEUED
+    lead = waiting.next_attempt_time.ToSeconds() - waiting.update_time.ToSeconds()
+    assert 3_600 - RULES.lead_s - 60 < lead <= 3_600 - RULES.lead_s + 1
+    # Short preparation: at once, to the courier near the shop, with no operator involved.
+    async with serving(build_location, mesh.location_settings, mesh.stores) as (_, channel):
+        location = location_service_pb2_grpc.LocationServiceStub(channel)
+        driver = await mesh.courier_near_shop(location, 250)
+        stream = mesh.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        quick = await placed_and_confirmed(120)
+        offered = await asyncio.wait_for(stream.read(), 20)
+        stream.cancel()
+    assert offered.offer.order_id == quick
+    await mesh.market.orders.CancelOrder(
+        order_service_pb2.CancelOrderRequest(
+            order_id=quick, reason=order_pb2.CANCEL_REASON_CUSTOMER_CHANGED_MIND
+        ),
+        metadata=customer.metadata,
+    )
+
+    async def withdrawn() -> bool:
+        current = await status(quick)
+        return current.state == matching_pb2.DISPATCH_STATE_CANCELLED and [
+            o.status for o in current.offers
+        ] == [matching_pb2.OFFER_STATUS_WITHDRAWN]
+
+    await eventually(withdrawn)

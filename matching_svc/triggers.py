@@ -1,0 +1,63 @@
+"""Order events that start, hurry or stop dispatch, read through a consumer group.
+
+A confirmed order gets a dispatch job timed so that the courier reaches the shop about when the
+food is ready: due at confirmation + preparation - ``lead_s`` (the time a courier typically
+needs to get there), at once when preparation is shorter than that. An order marked ready
+early makes its job due now. A cancelled or rejected order, or one an operator gave a courier,
+ends its job and withdraws a pending offer. The group remembers where it stopped, so a restarted
+matching_svc resumes there; every handler is idempotent (events come at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, timedelta
+
+from google.protobuf.message import DecodeError
+
+from delivery.order.v1 import order_events_pb2
+from matching_svc.store.jobs import JobStore
+from matching_svc.store.offers import OfferStore
+from mesh.events import Event
+
+logger = logging.getLogger(__name__)
+
+ET = order_events_pb2
+
+
+class OrderTriggers:
+    def __init__(
+        self, jobs: JobStore, offers: OfferStore, *, max_attempts: int, lead_s: float
+    ) -> None:
+        self._jobs = jobs
+        self._offers = offers
+        self._max_attempts = max_attempts
+        self._lead = timedelta(seconds=lead_s)
+
+    async def handle(self, event: Event) -> None:
+        message = order_events_pb2.OrderEvent()
+        try:
+            message.ParseFromString(event.payload)
+        except DecodeError:
+            logger.error("dropping an unreadable order event", extra={"event_id": event.event_id})
+            return
+        order_id = message.order_id
+        kind = message.type
+        if kind == ET.ORDER_EVENT_TYPE_CONFIRMED and not message.driver_id:
+            due = None
+            if message.HasField("confirm_time"):
+                prep = message.estimated_prep_duration.ToTimedelta()
+                due = message.confirm_time.ToDatetime(tzinfo=UTC) + max(
+                    timedelta(0), prep - self._lead
+                )
+            await self._jobs.ensure(order_id, due, self._max_attempts)
+        elif kind == ET.ORDER_EVENT_TYPE_READY_FOR_PICKUP and not message.driver_id:
+            await self._jobs.ensure(order_id, None, self._max_attempts)
+            await self._jobs.hurry(order_id)
+        elif kind in (ET.ORDER_EVENT_TYPE_CANCELLED, ET.ORDER_EVENT_TYPE_REJECTED):
+            await self._offers.withdraw_for_order(order_id)
+            await self._jobs.close(order_id, "cancelled")
+        elif kind == ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED:
+            # Through an accepted offer (then nothing is pending) or an operator's hand.
+            await self._offers.withdraw_for_order(order_id)
+            await self._jobs.close(order_id, "assigned")
