@@ -81,6 +81,7 @@ class Dispatcher:
         rules: DispatchRules | None = None,
         *,
         on_offer: Callable[[Offer], Awaitable[None]] | None = None,
+        on_closed: Callable[[Offer], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
         self._offers = offers
@@ -88,6 +89,7 @@ class Dispatcher:
         self._locator = locator
         self.rules = rules or DispatchRules()
         self._on_offer = on_offer
+        self._on_closed = on_closed
 
     async def step(self, order_id: str) -> Offer | None:
         """Makes the order's next offer, or schedules its next search; returns the offer."""
@@ -163,6 +165,8 @@ class Dispatcher:
         """Expires offers whose time is up and steps their orders, then every due job."""
         made: list[Offer] = []
         for expired in await self._offers.expire_due(limit):
+            if self._on_closed is not None:
+                await self._on_closed(expired)
             offer = await self.step(expired.order_id)
             if offer is not None:
                 made.append(offer)

@@ -66,7 +66,9 @@ async def build_server(
     offers = OfferStore(stores.pool, OrderStore(stores.pool))
     jobs = JobStore(stores.pool)
     push = OfferPush(stores.redis)
-    dispatcher = Dispatcher(stores.pool, offers, jobs, locator, rules, on_offer=push.offered)
+    dispatcher = Dispatcher(
+        stores.pool, offers, jobs, locator, rules, on_offer=push.offered, on_closed=push.closed
+    )
     service = MatchingService(stores.redis, offers, jobs, dispatcher, [location_breaker])
     binding = ServiceBinding(
         SERVICE_NAME, service, matching_service_pb2_grpc.add_MatchingServiceServicer_to_server
@@ -74,7 +76,13 @@ async def build_server(
     server = build_mesh_server(settings, stores, [binding])
     loop = DispatchLoop(dispatcher, tick_s)
     server.add_worker(loop.run, loop.stop)
-    triggers = OrderTriggers(jobs, offers, max_attempts=rules.max_attempts, lead_s=rules.lead_s)
+    triggers = OrderTriggers(
+        jobs,
+        offers,
+        max_attempts=rules.max_attempts,
+        lead_s=rules.lead_s,
+        on_closed=push.closed,
+    )
     # A new consumer group starts at the stream's beginning ("0"): no order confirmed before
     # matching_svc first ran is missed. Tests that share a stream start at "$".
     consumer = EventConsumer(

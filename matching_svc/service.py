@@ -23,8 +23,10 @@ from mesh.ids import canonical_uuid
 
 logger = logging.getLogger(__name__)
 
-#: Redis pub/sub channel of one courier's offer events ("<offer id>" for a new offer).
+#: Redis pub/sub channel of one courier's offer events: "<offer id>" for a new offer,
+#: "closed:<offer id>" for one that is no longer open.
 OFFER_CHANNEL = "offers:{}"
+_CLOSED = "closed:"
 
 _STATUS = {
     OfferStatus.PENDING: matching_pb2.OFFER_STATUS_PENDING,
@@ -98,6 +100,9 @@ class OfferPush:
     async def offered(self, offer: Offer) -> None:
         await self._redis.publish(OFFER_CHANNEL.format(offer.driver_id), offer.offer_id)
 
+    async def closed(self, offer: Offer) -> None:
+        await self._redis.publish(OFFER_CHANNEL.format(offer.driver_id), _CLOSED + offer.offer_id)
+
 
 class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
     def __init__(
@@ -159,9 +164,18 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
                 if message is None or message.get("type") != "message":
                     continue
                 raw = message["data"]
-                offer_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-                made = await self._offers.get(offer_id)
-                if made is not None and made.driver_id == driver_id:
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                closing = text.startswith(_CLOSED)
+                made = await self._offers.get(text.removeprefix(_CLOSED))
+                if made is None or made.driver_id != driver_id:
+                    continue
+                if closing:
+                    yield matching_service_pb2.StreamOffersResponse(
+                        offer_closed=matching_pb2.OfferClosed(
+                            offer_id=made.offer_id, status=_STATUS[made.status]
+                        )
+                    )
+                else:
                     yield matching_service_pb2.StreamOffersResponse(
                         offer=offer_to_proto(made, operator=False)
                     )

@@ -11,11 +11,13 @@ matching_svc resumes there; every handler is idempotent (events come at least on
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, timedelta
 
 from google.protobuf.message import DecodeError
 
 from delivery.order.v1 import order_events_pb2
+from matching_svc.domain.offers import Offer
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
 from mesh.events import Event
@@ -27,12 +29,19 @@ ET = order_events_pb2
 
 class OrderTriggers:
     def __init__(
-        self, jobs: JobStore, offers: OfferStore, *, max_attempts: int, lead_s: float
+        self,
+        jobs: JobStore,
+        offers: OfferStore,
+        *,
+        max_attempts: int,
+        lead_s: float,
+        on_closed: Callable[[Offer], Awaitable[None]] | None = None,
     ) -> None:
         self._jobs = jobs
         self._offers = offers
         self._max_attempts = max_attempts
         self._lead = timedelta(seconds=lead_s)
+        self._on_closed = on_closed
 
     async def handle(self, event: Event) -> None:
         message = order_events_pb2.OrderEvent()
@@ -55,9 +64,14 @@ class OrderTriggers:
             await self._jobs.ensure(order_id, None, self._max_attempts)
             await self._jobs.hurry(order_id)
         elif kind in (ET.ORDER_EVENT_TYPE_CANCELLED, ET.ORDER_EVENT_TYPE_REJECTED):
-            await self._offers.withdraw_for_order(order_id)
+            await self._withdraw(order_id)
             await self._jobs.close(order_id, "cancelled")
         elif kind == ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED:
             # Through an accepted offer (then nothing is pending) or an operator's hand.
-            await self._offers.withdraw_for_order(order_id)
+            await self._withdraw(order_id)
             await self._jobs.close(order_id, "assigned")
+
+    async def _withdraw(self, order_id: str) -> None:
+        for offer in await self._offers.withdraw_for_order(order_id):
+            if self._on_closed is not None:
+                await self._on_closed(offer)

@@ -340,7 +340,6 @@ async def test_a_confirmed_order_is_dispatched_by_its_event_and_a_cancelled_one_
         )
         quick = await placed_and_confirmed(120)
         offered = await asyncio.wait_for(stream.read(), 20)
-        stream.cancel()
     assert offered.offer.order_id == quick
     await mesh.market.orders.CancelOrder(
         order_service_pb2.CancelOrderRequest(
@@ -348,6 +347,12 @@ async def test_a_confirmed_order_is_dispatched_by_its_event_and_a_cancelled_one_
         ),
         metadata=customer.metadata,
     )
+    # The courier's app hears that the offer it shows is gone.
+    closed = await asyncio.wait_for(stream.read(), 20)
+    stream.cancel()
+    assert closed.WhichOneof("event") == "offer_closed"
+    assert closed.offer_closed.offer_id == offered.offer.offer_id
+    assert closed.offer_closed.status == matching_pb2.OFFER_STATUS_WITHDRAWN
 
     async def withdrawn() -> bool:
         current = await status(quick)
