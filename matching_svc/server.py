@@ -7,7 +7,7 @@ import grpc
 from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
 from matching_svc.dispatcher import Dispatcher, DispatchRules
 from matching_svc.locator import LocationLocator
-from matching_svc.service import DispatchLoop, MatchingService, OfferPush
+from matching_svc.service import DispatchLoop, MatchingService, OfferHub, OfferPush
 from matching_svc.settings import MatchingSettings
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
@@ -69,11 +69,13 @@ async def build_server(
     dispatcher = Dispatcher(
         stores.pool, offers, jobs, locator, rules, on_offer=push.offered, on_closed=push.closed
     )
-    service = MatchingService(stores.redis, offers, jobs, dispatcher, [location_breaker])
+    hub = OfferHub(stores.redis)
+    service = MatchingService(hub, offers, jobs, dispatcher, [location_breaker])
     binding = ServiceBinding(
         SERVICE_NAME, service, matching_service_pb2_grpc.add_MatchingServiceServicer_to_server
     )
     server = build_mesh_server(settings, stores, [binding])
+    server.add_worker(hub.run, hub.stop)
     loop = DispatchLoop(dispatcher, tick_s)
     server.add_worker(loop.run, loop.stop)
     triggers = OrderTriggers(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -104,16 +104,71 @@ class OfferPush:
         await self._redis.publish(OFFER_CHANNEL.format(offer.driver_id), _CLOSED + offer.offer_id)
 
 
+class OfferHub:
+    """One Redis subscription per process for every courier's offer events, fanned out to the
+    couriers' open StreamOffers here (a subscription per stream would hold a Redis connection
+    for each of thousands of couriers)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._streams: dict[str, set[asyncio.Queue[str]]] = {}
+        self._stopping = asyncio.Event()
+        #: Set once subscribed: events published from then on reach the streams.
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def listen(self, driver_id: str) -> Iterator[asyncio.Queue[str]]:
+        """A queue of ``driver_id``'s offer events for as long as the block runs."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._streams.setdefault(driver_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._streams.get(driver_id)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._streams[driver_id]
+
+    async def run(self) -> None:
+        prefix = OFFER_CHANNEL.format("")
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.psubscribe(OFFER_CHANNEL.format("*"))
+                self.ready.set()
+                while not self._stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "pmessage":
+                        continue
+                    channel, data = message["channel"], message["data"]
+                    channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    for queue in self._streams.get(channel.removeprefix(prefix), ()):
+                        queue.put_nowait(text)
+            except Exception as exc:
+                # Redis away: streams keep their pending offers (sent on reconnect); retry.
+                logger.warning("offer subscription lost: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
 class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
     def __init__(
         self,
-        redis: Redis,
+        hub: OfferHub,
         offers: OfferStore,
         jobs: JobStore,
         dispatcher: Dispatcher,
         breakers: list[CircuitBreaker],
     ) -> None:
-        self._redis = redis
+        self._hub = hub
         self._offers = offers
         self._jobs = jobs
         self._dispatcher = dispatcher
@@ -150,21 +205,15 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
         principal = current_principal()
         principal.require(Role.DRIVER)
         driver_id = principal.subject
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(OFFER_CHANNEL.format(driver_id))
-        try:
-            # Subscribed first, then what is pending: an offer made in between comes twice at
+        with self._hub.listen(driver_id) as events:
+            # Listening first, then what is pending: an offer made in between comes twice at
             # worst (apps key offers by id), never not at all.
             for offer in await self._offers.pending_for(driver_id):
                 yield matching_service_pb2.StreamOffersResponse(
                     offer=offer_to_proto(offer, operator=False)
                 )
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                if message is None or message.get("type") != "message":
-                    continue
-                raw = message["data"]
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                text = await events.get()
                 closing = text.startswith(_CLOSED)
                 made = await self._offers.get(text.removeprefix(_CLOSED))
                 if made is None or made.driver_id != driver_id:
@@ -179,10 +228,6 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
                     yield matching_service_pb2.StreamOffersResponse(
                         offer=offer_to_proto(made, operator=False)
                     )
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.unsubscribe()
-                await pubsub.aclose()
 
     async def DispatchOrder(
         self,
