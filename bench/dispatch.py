@@ -308,7 +308,8 @@ async def run(args: argparse.Namespace) -> None:
         )
         print("reproduce: .venv/bin/python bench/dispatch.py " + " ".join(sys.argv[1:]))
     finally:
-        for process in processes:
+        # matching_svc first: it calls location_svc until it stops.
+        for process in reversed(processes):
             process.terminate()
             await process.wait()
         admin = await asyncpg.connect(args.database_url)
