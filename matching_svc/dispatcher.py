@@ -16,6 +16,7 @@ step their orders and every due job) resumes after a crash exactly where the las
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,8 +25,8 @@ import asyncpg
 import grpc
 
 from matching_svc.domain.offers import Offer
-from matching_svc.domain.scoring import Candidate, ScoringRules, rank
-from matching_svc.store.jobs import JobContext, JobStore
+from matching_svc.domain.scoring import Candidate, Score, ScoringRules, rank
+from matching_svc.store.jobs import ASSIGNABLE_STATUSES, JobContext, JobStore
 from matching_svc.store.offers import OfferStore
 from mesh.breaker import BreakerOpen
 from mesh.errors import FailedPrecondition
@@ -62,6 +63,9 @@ class DispatchRules:
     #: How long a courier typically needs to reach the shop, in seconds: dispatch starts this
     #: long before the food is expected to be ready (at once if preparation is shorter).
     lead_s: float = 600.0
+    #: How long a step may hold an order's job before another may take it over, in seconds
+    #: (a step that died; a live one takes a candidate search and a transaction).
+    lease_s: float = 30.0
     #: The window over which acceptance rates count, in seconds.
     stats_window_s: float = 24 * 3600.0
     scoring: ScoringRules = field(default_factory=ScoringRules)
@@ -90,14 +94,37 @@ class Dispatcher:
         self.rules = rules or DispatchRules()
         self._on_offer = on_offer
         self._on_closed = on_closed
+        self._weights = self.rules.scoring.weights.normalised()
+        #: Names this dispatcher in job leases.
+        self._owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
 
     async def step(self, order_id: str) -> Offer | None:
-        """Makes the order's next offer, or schedules its next search; returns the offer."""
+        """Makes the order's next offer, or schedules its next search; returns the offer.
+
+        One step per order at a time: the step leases the job first (a decline's step and the
+        loop's may both try; one gets it, the other returns None).
+        """
+        if not await self._jobs.take(order_id, self._owner, self.rules.lease_s):
+            return None
+        try:
+            return await self._step(order_id)
+        finally:
+            await self._jobs.release(order_id, self._owner)
+
+    async def _step(self, order_id: str) -> Offer | None:
         ctx = await self._jobs.context(order_id)
         if ctx is None:
             return None
         if not ctx.dispatchable:
-            await self._jobs.close(order_id, "assigned" if ctx.driver_id else "cancelled")
+            if ctx.driver_id:
+                await self._jobs.close(order_id, "assigned")
+            elif ctx.order_status == "pending":
+                # Asked for before the merchant confirmed: look again in a while.
+                await self._jobs.search_again(
+                    order_id, ctx.attempts, self.rules.search_again_s, "order not confirmed"
+                )
+            else:
+                await self._jobs.close(order_id, "cancelled")
             return None
         if ctx.attempts >= ctx.max_attempts:
             await self._jobs.give_up_round(
@@ -119,18 +146,29 @@ class Dispatcher:
             return None
         attempt = ctx.attempts + 1
         for choice in ranked:
-            weights = self.rules.scoring.weights.normalised()
             factors = {
                 name: (value, weight)
                 for name, value, weight in zip(
                     ("distance", "rating", "acceptance", "load"),
                     (choice.distance, choice.rating, choice.acceptance, choice.load),
-                    weights,
+                    self._weights,
                     strict=True,
                 )
             }
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
+                    # The order may not change under the offer (a cancel or an operator's
+                    # courier waits for this transaction, or this one sees theirs).
+                    order = await conn.fetchrow(
+                        "SELECT status, driver_id FROM orders WHERE id = $1::uuid FOR SHARE",
+                        order_id,
+                    )
+                    if (
+                        order is None
+                        or order["driver_id"]
+                        or order["status"] not in ASSIGNABLE_STATUSES
+                    ):
+                        return None  # the next step closes the job
                     offer = await self._offers.create(
                         order_id,
                         choice.driver_id,
@@ -147,8 +185,7 @@ class Dispatcher:
                 if exc.reason == "ORDER_HAS_PENDING_OFFER":
                     return None  # another step got there first
                 raise
-            if self._on_offer is not None:
-                await self._on_offer(offer)
+            await self._tell(self._on_offer, offer)
             return offer
         # Nobody near, or everyone near busy with another offer or at their cap.
         if attempt >= ctx.max_attempts:
@@ -162,45 +199,70 @@ class Dispatcher:
         return None
 
     async def run_once(self, limit: int = 100) -> list[Offer]:
-        """Expires offers whose time is up and steps their orders, then every due job."""
+        """Expires offers whose time is up and steps their orders, then every takeable job.
+
+        Each order on its own: one that fails is logged and left for the next round.
+        """
         made: list[Offer] = []
-        for expired in await self._offers.expire_due(limit):
-            if self._on_closed is not None:
-                await self._on_closed(expired)
-            offer = await self.step(expired.order_id)
-            if offer is not None:
-                made.append(offer)
-        for order_id in await self._jobs.claim_due(limit):
-            offer = await self.step(order_id)
+        expired = await self._offers.expire_due(limit)
+        for lapsed in expired:
+            await self._tell(self._on_closed, lapsed)
+        orders = dict.fromkeys([o.order_id for o in expired] + await self._jobs.due(limit))
+        for order_id in orders:
+            try:
+                offer = await self.step(order_id)
+            except Exception:
+                logger.exception("a dispatch step for order %s failed", order_id)
+                continue
             if offer is not None:
                 made.append(offer)
         return made
 
-    async def _candidates(self, ctx: JobContext) -> tuple[list, float]:  # type: ignore[type-arg]
-        """The scored couriers near the shop (best first) and the radius they were found in."""
+    async def _tell(self, hook: Callable[[Offer], Awaitable[None]] | None, offer: Offer) -> None:
+        """Tells a courier's stream; the offer stands whether or not the message gets there
+        (a reconnecting app reads its pending offer again)."""
+        if hook is None:
+            return
+        try:
+            await hook(offer)
+        except Exception as exc:
+            logger.warning(
+                "could not tell courier %s about offer %s: %s", offer.driver_id, offer.offer_id, exc
+            )
+
+    async def _candidates(self, ctx: JobContext) -> tuple[list[Score], float]:
+        """The scored couriers near the shop (best first) and the radius they were found in.
+
+        The radius widens until someone is left after the filters: couriers who answered this
+        order before (declined, let it expire, or accepted and were taken off), couriers at
+        their cap, and couriers holding another pending offer.
+        """
         left_out = await self._offers.answered_by(ctx.order_id)
-        found: list[Nearby] = []
         radius = self.rules.radii_m[-1]
         for radius in self.rules.radii_m:
             near = await self._locator.nearby(
                 ctx.pickup_lat, ctx.pickup_lng, radius, self.rules.candidates + len(left_out)
             )
             found = [n for n in near if n.driver_id not in left_out][: self.rules.candidates]
-            if found:
-                break
-        if not found:
-            return [], radius
-        stats = await self._offers.stats([n.driver_id for n in found], self.rules.stats_window_s)
-        candidates = [
-            Candidate(
-                driver_id=n.driver_id,
-                distance_m=n.distance_m,
-                rating=s.rating,
-                offers_in_window=s.answered,
-                accepted_in_window=s.accepted,
-                active_orders=s.active_orders,
+            if not found:
+                continue
+            stats = await self._offers.stats(
+                [n.driver_id for n in found], self.rules.stats_window_s
             )
-            for n in found
-            if (s := stats.get(n.driver_id)) is not None and s.active_orders < s.max_active_orders
-        ]
-        return rank(candidates, radius, self.rules.scoring), radius
+            candidates = [
+                Candidate(
+                    driver_id=n.driver_id,
+                    distance_m=n.distance_m,
+                    rating=s.rating,
+                    offers_in_window=s.answered,
+                    accepted_in_window=s.accepted,
+                    active_orders=s.active_orders,
+                )
+                for n in found
+                if (s := stats.get(n.driver_id)) is not None
+                and s.active_orders < s.max_active_orders
+                and not s.has_pending_offer
+            ]
+            if candidates:
+                return rank(candidates, radius, self.rules.scoring), radius
+        return [], radius

@@ -48,5 +48,5 @@ class MatchingSettings:
                 open_s=env_positive(env, "BREAKER_OPEN_S", b.open_s),
                 call_timeout_s=b.call_timeout_s,
             ),
-            tick_s=env_non_negative(env, "DISPATCH_TICK_S", 0.2) or 0.2,
+            tick_s=env_positive(env, "DISPATCH_TICK_S", 0.2),
         )

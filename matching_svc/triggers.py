@@ -4,7 +4,8 @@ A confirmed order gets a dispatch job timed so that the courier reaches the shop
 food is ready: due at confirmation + preparation - ``lead_s`` (the time a courier typically
 needs to get there), at once when preparation is shorter than that. An order marked ready
 early makes its job due now. A cancelled or rejected order, or one an operator gave a courier,
-ends its job and withdraws a pending offer. The group remembers where it stopped, so a restarted
+ends its job and withdraws a pending offer; one whose courier an operator took off starts a
+fresh round. The group remembers where it stopped, so a restarted
 matching_svc resumes there; every handler is idempotent (events come at least once).
 """
 
@@ -66,6 +67,10 @@ class OrderTriggers:
         elif kind in (ET.ORDER_EVENT_TYPE_CANCELLED, ET.ORDER_EVENT_TYPE_REJECTED):
             await self._withdraw(order_id)
             await self._jobs.close(order_id, "cancelled")
+        elif kind == ET.ORDER_EVENT_TYPE_COURIER_UNASSIGNED:
+            # An operator took the courier off: find another (the one taken off is not asked).
+            await self._jobs.ensure(order_id, None, self._max_attempts)
+            await self._jobs.reopen(order_id)
         elif kind == ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED:
             # Through an accepted offer (then nothing is pending) or an operator's hand.
             await self._withdraw(order_id)

@@ -56,6 +56,12 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_CONTENTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
 def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
     for k, v in metadata or ():
         if k == key:
@@ -299,6 +305,12 @@ async def _fail(
     elif isinstance(exc, NotImplementedError):
         code = grpc.StatusCode.UNIMPLEMENTED
         message = f"{method} is not implemented yet"
+        status = None
+    elif isinstance(exc, _CONTENTION_ERRORS):
+        # Two transactions waited on each other (or serialization failed): one lost, and a
+        # retry of the same call will very likely pass.
+        code = grpc.StatusCode.ABORTED
+        message = "a concurrent change got in the way; retry"
         status = None
     elif isinstance(exc, _UNAVAILABLE_ERRORS):
         code = grpc.StatusCode.UNAVAILABLE

@@ -11,8 +11,20 @@ from datetime import datetime
 
 import asyncpg
 
-#: Order states in which a courier may still be found (order_svc's ASSIGNABLE).
-_ASSIGNABLE = ("confirmed", "preparing", "ready_for_pickup")
+from order_svc.domain.orders import ASSIGNABLE
+
+#: Order statuses in which a courier may be found.
+ASSIGNABLE_STATUSES = frozenset(s.value for s in ASSIGNABLE)
+#: A job a step may take (the alias ``j`` is dispatch_jobs): due, or with its offer answered
+#: (or its step cut short), and no live lease.
+_TAKEABLE = """
+    (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
+    AND ((j.state IN ('queued', 'waiting_for_retry') AND j.next_attempt_at <= now())
+         OR (j.state IN ('searching', 'offered')
+             AND NOT EXISTS (SELECT 1 FROM driver_offers o
+                              WHERE o.order_id = j.order_id AND o.status = 'pending')))
+"""
+_RELEASED = "lease_owner = NULL, lease_expires_at = NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +46,7 @@ class JobContext:
 
     @property
     def dispatchable(self) -> bool:
-        return self.driver_id is None and self.order_status in _ASSIGNABLE
+        return self.driver_id is None and self.order_status in ASSIGNABLE_STATUSES
 
 
 class JobStore:
@@ -74,56 +86,83 @@ class JobStore:
         )
         return JobContext(**dict(row)) if row else None
 
-    async def claim_due(self, limit: int, stale_s: float = 5.0) -> list[str]:
-        """Orders whose job is due now (queued or waiting for a retry), marked searching.
-
-        Also jobs left searching or offered for ``stale_s`` without a pending offer. Jobs
-        another instance claimed in the same instant are skipped (SKIP LOCKED).
-        """
+    async def due(self, limit: int) -> list[str]:
+        """Orders whose job a step may take now (see :meth:`take`), oldest due first."""
         rows = await self._pool.fetch(
-            """
-            UPDATE dispatch_jobs SET state = 'searching'
-             WHERE order_id IN (
-                   SELECT j.order_id FROM dispatch_jobs j
-                    WHERE (j.state IN ('queued', 'waiting_for_retry')
-                           AND j.next_attempt_at <= now())
-                       -- A step that never finished (its process died), or an answered offer
-                       -- whose next step did not run: no pending offer, nothing due.
-                       OR (j.state IN ('searching', 'offered')
-                           AND j.updated_at < now() - make_interval(secs => $2)
-                           AND NOT EXISTS (SELECT 1 FROM driver_offers o
-                                            WHERE o.order_id = j.order_id
-                                              AND o.status = 'pending'))
-                    ORDER BY j.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-            RETURNING order_id::text
-            """,
+            f"SELECT j.order_id::text FROM dispatch_jobs j WHERE {_TAKEABLE}"
+            " ORDER BY j.next_attempt_at LIMIT $1",
             limit,
-            stale_s,
         )
         return [r["order_id"] for r in rows]
 
+    async def take(self, order_id: str, owner: str, lease_s: float) -> bool:
+        """Leases the order's job to one step, if it is takeable; False if it is not (or
+        another step holds it). Every step ends by :meth:`release` (or by a state change that
+        releases); a step that dies leaves a lease that lapses after ``lease_s``.
+
+        Takeable: queued or waiting for a retry and due, or searching or offered with no
+        pending offer (its offer was answered, or a step was cut short).
+        """
+        taken = await self._pool.fetchval(
+            f"""
+            UPDATE dispatch_jobs j
+               SET state = 'searching', lease_owner = $2,
+                   lease_expires_at = now() + make_interval(secs => $3)
+             WHERE j.order_id = $1::uuid AND {_TAKEABLE}
+            RETURNING true
+            """,
+            order_id,
+            owner,
+            lease_s,
+        )
+        return bool(taken)
+
+    async def release(self, order_id: str, owner: str) -> None:
+        """Gives up ``owner``'s lease if it still holds it (a step that ended early)."""
+        await self._pool.execute(
+            "UPDATE dispatch_jobs SET lease_owner = NULL, lease_expires_at = NULL,"
+            "       state = CASE WHEN state = 'searching' THEN 'queued' ELSE state END"
+            " WHERE order_id = $1::uuid AND lease_owner = $2",
+            order_id,
+            owner,
+        )
+
+    async def reopen(self, order_id: str) -> None:
+        """The order lost its courier: dispatch starts again, a fresh round, now."""
+        await self._pool.execute(
+            "UPDATE dispatch_jobs SET state = 'queued', attempts = 0, next_attempt_at = now(),"
+            "       lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE order_id = $1::uuid",
+            order_id,
+        )
+
     async def hurry(self, order_id: str) -> None:
-        """A job still waiting for its time (the food is ready early) becomes due now."""
+        """A job waiting for its time (the food is ready early) becomes due now."""
         await self._pool.execute(
             "UPDATE dispatch_jobs SET next_attempt_at = now()"
-            " WHERE order_id = $1::uuid AND state = 'queued' AND next_attempt_at > now()",
+            " WHERE order_id = $1::uuid AND state IN ('queued', 'waiting_for_retry')"
+            "   AND next_attempt_at > now()",
             order_id,
         )
 
     async def due_now(self, order_id: str) -> None:
-        """An operator's retry: a waiting or queued job becomes due at once."""
+        """An operator's retry: a waiting or queued job becomes due at once, a fresh round.
+
+        A job with an offer out or a step running is left alone; a closed one is reopened
+        (the step then closes it again unless the order still needs a courier).
+        """
         await self._pool.execute(
             "UPDATE dispatch_jobs SET next_attempt_at = now(), attempts = 0,"
-            "       state = CASE WHEN state IN ('exhausted', 'cancelled') THEN 'queued'"
+            "       state = CASE WHEN state IN ('assigned', 'cancelled') THEN 'queued'"
             "                    ELSE state END"
-            " WHERE order_id = $1::uuid AND state NOT IN ('assigned', 'offered', 'searching')",
+            " WHERE order_id = $1::uuid AND state NOT IN ('offered', 'searching')",
             order_id,
         )
 
     async def offered(self, conn: asyncpg.Connection, order_id: str, attempts: int) -> None:
         await conn.execute(
-            "UPDATE dispatch_jobs SET state = 'offered', attempts = $2, last_error = NULL"
-            " WHERE order_id = $1::uuid",
+            "UPDATE dispatch_jobs SET state = 'offered', attempts = $2, last_error = NULL,"
+            f"       {_RELEASED} WHERE order_id = $1::uuid",
             order_id,
             attempts,
         )
@@ -133,10 +172,10 @@ class JobStore:
     ) -> None:
         """Nobody to offer to right now: try again in ``after_s``."""
         await self._pool.execute(
-            """
+            f"""
             UPDATE dispatch_jobs
                SET state = 'waiting_for_retry', attempts = $2, last_error = $4,
-                   next_attempt_at = now() + make_interval(secs => $3)
+                   next_attempt_at = now() + make_interval(secs => $3), {_RELEASED}
              WHERE order_id = $1::uuid
             """,
             order_id,
@@ -151,11 +190,11 @@ class JobStore:
         """Every attempt of this round failed: tell the customer, wait for a later round."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                """
+                f"""
                 UPDATE dispatch_jobs
                    SET state = 'waiting_for_retry', attempts = 0,
                        last_error = 'no courier accepted',
-                       next_attempt_at = now() + make_interval(secs => $2)
+                       next_attempt_at = now() + make_interval(secs => $2), {_RELEASED}
                  WHERE order_id = $1::uuid
                 """,
                 ctx.order_id,
@@ -173,5 +212,7 @@ class JobStore:
     async def close(self, order_id: str, state: str) -> None:
         """Ends the job: the order has a courier (assigned) or is past needing one."""
         await self._pool.execute(
-            "UPDATE dispatch_jobs SET state = $2 WHERE order_id = $1::uuid", order_id, state
+            f"UPDATE dispatch_jobs SET state = $2, {_RELEASED} WHERE order_id = $1::uuid",
+            order_id,
+            state,
         )

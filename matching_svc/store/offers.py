@@ -52,6 +52,8 @@ class CourierStats:
     #: Offers answered (accepted, declined or let expire) in the window, and accepted.
     answered: int
     accepted: int
+    #: Holding another order's pending offer right now.
+    has_pending_offer: bool = False
 
 
 def _offer(row: asyncpg.Record) -> Offer:
@@ -152,6 +154,10 @@ class OfferStore:
                 if row is None:
                     raise await self._refusal(conn, offer_id, driver_id)
                 offer = _offer(row)
+                # Locks in the order order_svc takes them (the order, then its couriers), so
+                # an operator's change of the same order and courier waits instead of
+                # deadlocking.
+                await self._orders.get(offer.order_id, conn=conn, lock=True)
                 # The courier's row stays locked to the end: two accepts of one courier (for
                 # two orders) cannot both pass the cap. The order's change raises the load.
                 room = await conn.fetchval(
@@ -238,10 +244,11 @@ class OfferStore:
         return [_offer(r) for r in rows]
 
     async def answered_by(self, order_id: str) -> set[str]:
-        """The couriers who declined this order's offer or let it expire: not asked again."""
+        """The couriers who declined this order's offer, let it expire, or accepted it and
+        were taken off it since: not asked again."""
         rows = await self._pool.fetch(
             "SELECT DISTINCT driver_id::text FROM driver_offers"
-            " WHERE order_id = $1::uuid AND status IN ('declined', 'expired')",
+            " WHERE order_id = $1::uuid AND status IN ('declined', 'expired', 'accepted')",
             order_id,
         )
         return {r["driver_id"] for r in rows}
@@ -253,7 +260,10 @@ class OfferStore:
             SELECT d.id::text AS driver_id, d.rating_avg::float8 AS rating,
                    d.active_order_count AS active, d.max_active_orders AS cap,
                    count(o.id) AS answered,
-                   count(o.id) FILTER (WHERE o.status = 'accepted') AS accepted
+                   count(o.id) FILTER (WHERE o.status = 'accepted') AS accepted,
+                   EXISTS (SELECT 1 FROM driver_offers p
+                            WHERE p.driver_id = d.id AND p.status = 'pending'
+                              AND p.expires_at > now()) AS pending
               FROM drivers d
               LEFT JOIN driver_offers o
                 ON o.driver_id = d.id
@@ -267,7 +277,7 @@ class OfferStore:
         )
         return {
             r["driver_id"]: CourierStats(
-                r["rating"], r["active"], r["cap"], r["answered"], r["accepted"]
+                r["rating"], r["active"], r["cap"], r["answered"], r["accepted"], r["pending"]
             )
             for r in rows
         }
