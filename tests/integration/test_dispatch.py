@@ -9,6 +9,7 @@ import math
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -28,6 +29,7 @@ from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import StoreSettings
 from mesh.stores import Stores
 from mesh.testing import service_metadata, serving, settings_for_test
+from order_svc.changes import assign_courier_in
 from order_svc.store.orders import OrderStore
 from tests.integration.rows import courier, shop_order
 
@@ -174,12 +176,68 @@ async def test_after_five_refusals_the_customer_is_told_and_the_order_waits(rig:
     assert count == 5
 
 
-async def test_an_order_with_a_courier_closes_its_job(rig: Rig) -> None:
-    driver = await rig.courier_at(150)
+async def test_an_order_an_operator_gave_a_courier_closes_its_job_without_an_offer(
+    rig: Rig,
+) -> None:
+    await rig.courier_at(150)
+    other = await rig.courier_at(300)
     order = await rig.order()
-    offer = await rig.dispatcher.step(order)
-    assert offer is not None
-    await rig.offers.accept(offer.offer_id, driver)
+    async with rig.pool.acquire() as conn, conn.transaction():
+        await assign_courier_in(
+            conn, OrderStore(rig.pool), order, other, reason="operator", now=datetime.now(UTC)
+        )
     assert await rig.dispatcher.step(order) is None
     job = await rig.jobs.context(order)
     assert job is not None and job.state == "assigned"
+    assert await rig.offers.for_order(order) == []
+
+
+async def test_one_step_at_a_time_per_order(rig: Rig) -> None:
+    """A decline's own step and the loop's race; exactly one makes the next offer."""
+    first = await rig.courier_at(100)
+    await rig.courier_at(400)
+    await rig.courier_at(700)
+    order = await rig.order()
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == first
+    await rig.offers.decline(offer.offer_id, first, None)
+    await asyncio.gather(
+        rig.dispatcher.step(order), rig.dispatcher.run_once(), rig.dispatcher.step(order)
+    )
+    offers = await rig.offers.for_order(order)
+    assert [(o.attempt, o.status) for o in offers] == [
+        (1, OfferStatus.DECLINED),
+        (2, OfferStatus.PENDING),
+    ]
+    job = await rig.jobs.context(order)
+    assert job is not None and (job.state, job.attempts) == ("offered", 2)
+
+
+async def test_a_dispatch_asked_for_before_confirmation_waits_for_it(rig: Rig) -> None:
+    driver = await rig.courier_at(200)
+    order = (await shop_order(rig.pool, "pending", shop=rig.shop)).order
+    await rig.jobs.ensure(order, None, rig.dispatcher.rules.max_attempts)
+    assert await rig.dispatcher.step(order) is None
+    job = await rig.jobs.context(order)
+    assert job is not None and job.state == "waiting_for_retry"
+    await rig.pool.execute(
+        "UPDATE orders SET status = 'confirmed', confirmed_at = now() WHERE id = $1::uuid", order
+    )
+    await rig.jobs.due_now(order)
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == driver
+
+
+async def test_an_order_whose_courier_was_taken_off_goes_to_someone_else(rig: Rig) -> None:
+    first = await rig.courier_at(100)
+    second = await rig.courier_at(500)
+    order = await rig.order()
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == first
+    await rig.offers.accept(offer.offer_id, first)
+    # An operator takes the courier off (order_svc's ReassignOrder with nobody); the order's
+    # COURIER_UNASSIGNED event reopens the job.
+    await rig.pool.execute("UPDATE orders SET driver_id = NULL WHERE id = $1::uuid", order)
+    await rig.jobs.reopen(order)
+    again = await rig.dispatcher.step(order)
+    assert again is not None and again.driver_id == second and again.attempt == 1

@@ -108,20 +108,22 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
             consumer_group=group,
         )
 
-    async with (
-        serving(build_order, order_settings, stores) as (_, order_channel),
-        serving(matching, matching_settings, stores) as (_, matching_channel),
-    ):
-        yield Mesh(
-            Market(order_channel, stores, order_settings),
-            stores,
-            matching_settings,
-            matching_service_pb2_grpc.MatchingServiceStub(matching_channel),
-            location_settings,
-            (random.uniform(-50, 50), random.uniform(-170, 170)),
-        )
-    assert stores.redis is not None
-    await stores.redis.xgroup_destroy(stream_for("order"), group)
+    try:
+        async with (
+            serving(build_order, order_settings, stores) as (_, order_channel),
+            serving(matching, matching_settings, stores) as (_, matching_channel),
+        ):
+            yield Mesh(
+                Market(order_channel, stores, order_settings),
+                stores,
+                matching_settings,
+                matching_service_pb2_grpc.MatchingServiceStub(matching_channel),
+                location_settings,
+                (random.uniform(-50, 50), random.uniform(-170, 170)),
+            )
+    finally:
+        assert stores.redis is not None
+        await stores.redis.xgroup_destroy(stream_for("order"), group)
 
 
 async def test_a_courier_gets_the_offer_on_the_stream_again_after_reconnecting_and_accepts(
