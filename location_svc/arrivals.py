@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
@@ -55,6 +54,7 @@ from mesh.events import (
     Event,
     EventConsumer,
     entry_fields,
+    parse_payload,
     stream_for,
 )
 
@@ -384,11 +384,7 @@ class ActiveOrders:
     async def handle(self, event: Event) -> None:
         """The order event handler: applies what the event says about the couriers' fences."""
         message = order_events_pb2.OrderEvent()
-        try:
-            message.ParseFromString(event.payload)
-        except DecodeError:
-            # No retry makes it readable; blocking the stream on it would stop every fence.
-            logger.error("dropping an unreadable order event", extra={"event_id": event.event_id})
+        if not parse_payload(event, message):
             return
         changes = fence_changes(message)
         for driver_id, fence in changes.puts:

@@ -15,13 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, timedelta
 
-from google.protobuf.message import DecodeError
-
 from delivery.order.v1 import order_events_pb2
 from matching_svc.domain.offers import Offer
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
-from mesh.events import Event
+from mesh.events import Event, parse_payload
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +44,7 @@ class OrderTriggers:
 
     async def handle(self, event: Event) -> None:
         message = order_events_pb2.OrderEvent()
-        try:
-            message.ParseFromString(event.payload)
-        except DecodeError:
-            logger.error("dropping an unreadable order event", extra={"event_id": event.event_id})
+        if not parse_payload(event, message):
             return
         order_id = message.order_id
         kind = message.type

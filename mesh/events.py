@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import DecodeError, Message
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
@@ -102,6 +103,20 @@ class Event:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_payload(event: Event, message: Message) -> bool:
+    """Parses ``event``'s payload into ``message``; False (and an error logged) if unreadable.
+
+    No retry makes an unreadable event readable, and blocking the stream on it would stop
+    every later event: handlers drop it.
+    """
+    try:
+        message.ParseFromString(event.payload)
+    except DecodeError:
+        logger.error("dropping an unreadable event", extra={"event_id": event.event_id})
+        return False
+    return True
 
 
 def decode_entry(stream: str, entry_id: bytes | str, fields: Mapping[Any, Any]) -> Event:
