@@ -19,8 +19,9 @@ from redis.asyncio import Redis, RedisCluster
 
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
+from location_svc.store.driver_index import DriverIndex
 from location_svc.store.drivers import DriverStore, pack_position
-from location_svc.store.geo_index import GeoIndex, IndexEntry
+from location_svc.store.geo_index import IndexEntry
 from location_svc.store.history import HistoryWriter, history_row
 from mesh import clock
 
@@ -60,9 +61,10 @@ class Update:
     fix: Fix
     status: DriverStatus
     vehicle: str
-    #: The shard the driver was indexed under before this fix ("" if none).
+    #: The slot the driver was indexed under before this fix ("" if none; see DriverIndex).
     previous_shard: str
-    #: The shard this fix files the driver under ("" when not available: not indexed).
+    #: The slot this fix files the driver under: its shard when available, "busy:" and its
+    #: shard when busy, "" when offline (not indexed).
     shard: str
     received_ms: int
     sink: AckSink | None = None
@@ -87,7 +89,7 @@ class Ingest:
     """The batcher; one per process, run as a worker beside the gRPC server."""
 
     redis: Redis
-    index: GeoIndex
+    index: DriverIndex
     drivers: DriverStore
     history: HistoryWriter
     #: Seconds fixes wait for company before a pipeline goes out.
@@ -185,7 +187,7 @@ class Ingest:
                 )
                 entry_shards.append(update.shard)
             elif update.previous_shard:
-                # Busy or offline drivers are not dispatchable: out of the index at once.
+                # Offline drivers are not dispatchable: out of the index at once.
                 self.index.queue_remove(pipe, update.driver_id, update.previous_shard)
             if update.driver_id in watched:
                 publishes.append((POSITION_CHANNEL.format(update.driver_id), packed))

@@ -10,10 +10,10 @@ from delivery.location.v1 import location_service_pb2, location_service_pb2_grpc
 from location_svc.arrivals import build_arrivals
 from location_svc.domain.geofence import GeofenceRules
 from location_svc.ingest import Ingest
-from location_svc.service import LocationPolicy, LocationService
+from location_svc.service import LocationPolicy, LocationService, StatusListener
 from location_svc.settings import LocationSettings
+from location_svc.store.driver_index import DriverIndex
 from location_svc.store.drivers import DriverStore
-from location_svc.store.geo_index import GeoIndex
 from location_svc.store.history import HistoryWriter
 from mesh.server import (
     MeshServer,
@@ -33,7 +33,7 @@ SERVICE_NAME = location_service_pb2.DESCRIPTOR.services_by_name["LocationService
 class Sweeper:
     """Takes silent drivers out of the index every ``interval_s`` (presence is a TTL)."""
 
-    def __init__(self, index: GeoIndex, interval_s: float = 1.0) -> None:
+    def __init__(self, index: DriverIndex, interval_s: float = 1.0) -> None:
         self._index = index
         self._interval_s = interval_s
         self._stopping = asyncio.Event()
@@ -71,7 +71,7 @@ async def build_server(
         configured = LocationSettings.from_env()
         policy = policy or configured.policy
         rules = rules or configured.rules
-    index = GeoIndex(stores.redis, presence_ttl_s=policy.presence_ttl_s)
+    index = DriverIndex(stores.redis, presence_ttl_s=policy.presence_ttl_s)
     drivers = DriverStore(stores.redis, stores.pool)
     history = HistoryWriter(stores.pool)
     # Arrivals: fences of active orders (fed by order events), checked on every stored fix.
@@ -89,6 +89,8 @@ async def build_server(
     server.add_worker(ingest.run, ingest.stop)
     server.add_worker(history.run, history.stop)
     server.add_worker(sweeper.run, sweeper.stop)
+    listener = StatusListener(stores.redis, service)
+    server.add_worker(listener.run, listener.stop)
     for run, stop in arrival_workers:
         server.add_worker(run, stop)
     return server

@@ -30,8 +30,9 @@ from location_svc.convert import (
 from location_svc.domain.fixes import DropReason, Fix, FixRules, check, check_against, check_shape
 from location_svc.domain.presence import DriverStatus, Pacing, presence
 from location_svc.ingest import POSITION_CHANNEL, WATCHED_KEY, AckSink, Ingest, Update
+from location_svc.store.driver_index import DriverIndex, slot_of
 from location_svc.store.drivers import DriverRecord, DriverStore, unpack_position
-from location_svc.store.geo_index import GeoIndex, IndexEntry, shard_of
+from location_svc.store.geo_index import IndexEntry, shard_of
 from location_svc.store.history import HistoryWriter, history_row
 from mesh import clock
 from mesh.auth import Principal, Role, current_principal
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 500
 MAX_RADIUS_M = 50_000.0
 MAX_LIMIT = 100
+#: The pub/sub channel of status changes, "<driver id> <status> <vehicle>": every instance's
+#: open streams of that driver file their next fixes by the new status.
+STATUS_CHANNEL = "loc:status"
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         self,
         redis: Redis,
         drivers: DriverStore,
-        index: GeoIndex,
+        index: DriverIndex,
         ingest: Ingest,
         history: HistoryWriter,
         policy: LocationPolicy | None = None,
@@ -114,6 +118,15 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         }
         #: Dropped fixes by reason, for operators.
         self.drops: Counter[DropReason] = Counter()
+        #: The open streams of this process, by driver.
+        self._sessions: dict[str, set[StreamSession]] = {}
+
+    def apply_status(self, driver_id: str, status: DriverStatus, vehicle: str) -> None:
+        """A status change reaches the driver's open streams here: their next fix is filed by
+        it (and leaves the slot the stream filed the last one in)."""
+        for session in self._sessions.get(driver_id, ()):
+            session.status = status
+            session.vehicle = vehicle
 
     async def _driver(self, principal: Principal) -> DriverRecord:
         principal.require(Role.DRIVER)
@@ -137,7 +150,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         session.accepted += 1
         previous, previous_pos = session.shard, session.pos_shard
         pos_shard = shard_of(fix.lat, fix.lng)
-        shard = pos_shard if session.status is DriverStatus.AVAILABLE else ""
+        shard = slot_of(pos_shard, session.status)
         session.shard, session.pos_shard = shard, pos_shard
         self._ingest.submit(
             Update(
@@ -191,6 +204,8 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                     # sends faster gets at most one ack per spacing, covering all its fixes.
                     await asyncio.sleep(self._policy.ack_spacing_s)
 
+        sessions = self._sessions.setdefault(session.driver_id, set())
+        sessions.add(session)
         writer = asyncio.create_task(write_acks())
         try:
             async for request in request_iterator:
@@ -201,6 +216,9 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             await writer
         finally:
             reading = False
+            sessions.discard(session)
+            if not sessions:
+                self._sessions.pop(session.driver_id, None)
             if not writer.done():
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -260,7 +278,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         if live:
             fix = live[-1]
             pos_shard = shard_of(fix.lat, fix.lng)
-            shard = pos_shard if record.status is DriverStatus.AVAILABLE else ""
+            shard = slot_of(pos_shard, record.status)
             await self._ingest.submit(
                 Update(
                     record.driver_id,
@@ -324,19 +342,24 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             record.last is not None
             and clock.now_ms() - record.received_ms <= self._policy.presence_ttl_s * 1000
         )
+        # Open streams file their next fixes by the new status: this process's at once, other
+        # instances' when the message reaches them.
+        self.apply_status(driver_id, status, vehicle)
         pipe = self._redis.pipeline(transaction=False)
-        if record.shard:
-            self._index.queue_remove(pipe, driver_id, record.shard)
+        self._index.queue_remove(pipe, driver_id, record.shard)
         shard = ""
-        if status is DriverStatus.AVAILABLE and fresh and record.last is not None:
+        if status is not DriverStatus.OFFLINE and fresh and record.last is not None:
             last = record.last
             shard = self._index.queue_upsert(
                 pipe,
                 IndexEntry(driver_id, last.lat, last.lng, vehicle, record.received_ms),
                 None,
+                busy=status is DriverStatus.BUSY,
             )
         await pipe.execute()
         await self._drivers.set_shard(driver_id, shard)
+        # Apart from the pipeline: a cluster pipeline refuses PUBLISH.
+        await self._redis.publish(STATUS_CHANNEL, f"{driver_id} {status.value} {vehicle}")
         return location_service_pb2.SetAvailabilityResponse(
             driver_state=location_pb2.DriverState(
                 driver_id=driver_id,
@@ -366,7 +389,6 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             "vehicle_type",
             "must be a vehicle type",
         )
-        v.check(not request.include_busy, "include_busy", "is not supported yet")
         v.raise_if_any()
         now_ms = clock.now_ms()
         found = await self._index.find_nearby(
@@ -375,9 +397,11 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             radius,
             limit,
             VEHICLE_FROM_PROTO.get(request.vehicle_type),
+            include_busy=request.include_busy,
             now_ms=now_ms,
         )
         available = STATUS_TO_PROTO[DriverStatus.AVAILABLE]
+        busy = STATUS_TO_PROTO[DriverStatus.BUSY]
         return location_service_pb2.FindNearbyDriversResponse(
             drivers=[
                 location_pb2.NearbyDriver(
@@ -387,7 +411,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                     vehicle_type=VEHICLE_TO_PROTO.get(d.vehicle, 0),
                     fix_time=timestamp_ms(d.fix_time_ms),
                     position_age_duration=seconds(max(0, now_ms - d.fix_time_ms) / 1000),
-                    status=available,
+                    status=busy if d.busy else available,
                 )
                 for d in found
             ]
@@ -499,3 +523,41 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
 
 def _index_of(dropped: location_pb2.DroppedFix) -> int:
     return dropped.index
+
+
+class StatusListener:
+    """Hands status changes made through any instance to this instance's open streams (one
+    subscription per process). A fix in flight during the change may still be filed by the
+    old status; the stream's next fix moves the driver (it leaves the slot it last filed)."""
+
+    def __init__(self, redis: Redis, service: LocationService) -> None:
+        self._redis = redis
+        self._service = service
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(STATUS_CHANNEL)
+                while not self._stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    data = message["data"]
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    try:
+                        driver_id, status, vehicle = text.split(" ")
+                        self._service.apply_status(driver_id, DriverStatus(status), vehicle)
+                    except ValueError:
+                        logger.warning("unreadable status change %r", text)
+            except Exception as exc:
+                logger.warning("status subscription lost: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def stop(self) -> None:
+        self._stopping.set()

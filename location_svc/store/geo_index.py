@@ -163,6 +163,8 @@ class Nearby(NamedTuple):
     distance_m: float
     vehicle: str
     fix_time_ms: int
+    #: Whether the driver is busy (carrying orders) rather than available.
+    busy: bool = False
 
 
 # --- cell geometry ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
+from location_svc.store.driver_index import BUSY, DriverIndex
 from location_svc.store.geo_index import (
     DEFAULT_STEPS_M,
     GEO_LAT_MAX,
@@ -409,3 +410,63 @@ async def test_searches_and_sweeps_survive_a_server_that_forgot_the_scripts(
     finally:
         await scratch.drop()
         await any_redis.aclose()
+
+
+async def test_busy_couriers_are_found_only_when_asked_for_and_the_merge_is_exact(
+    any_redis: Redis,
+) -> None:
+    """Available and busy couriers side by side: a plain search sees the available ones, a
+    search including busy ones equals brute force over both; a courier moving between the two
+    (by status) is in one place only."""
+    for seed in range(12):
+        rnd = random.Random(1000 + seed)
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        index = DriverIndex(any_redis, presence_ttl_s=TTL_S, prefix=prefix)
+        halves = [
+            Scratch(any_redis, prefix, index.available),
+            Scratch(any_redis, prefix + "busy", index.busy),
+        ]
+        try:
+            clat, clng = scenario_centre(rnd, KINDS[seed % 2])
+            now = now_ms()
+            slots: dict[str, str] = {}
+            entries: dict[str, IndexEntry] = {}
+            for i in range(rnd.randrange(5, 60)):
+                driver = f"d{i}"
+                dlat, dlng = destination(clat, clng, 3_000 * rnd.random(), rnd.uniform(0, 6.3))
+                entry = IndexEntry(driver, dlat, dlng, rnd.choice(VEHICLES), now - i)
+                busy = rnd.random() < 0.4
+                pipe = any_redis.pipeline(transaction=False)
+                slots[driver] = index.queue_upsert(pipe, entry, None, busy=busy)
+                if rnd.random() < 0.3:
+                    # The status flips: the courier leaves the other index in the same pipeline.
+                    busy = not busy
+                    slots[driver] = index.queue_upsert(pipe, entry, slots[driver], busy=busy)
+                await pipe.execute()
+                entries[driver] = entry
+            live: dict[bool, list[tuple[str, float, float, str]]] = {False: [], True: []}
+            for driver, entry in entries.items():
+                busy = slots[driver].startswith(BUSY)
+                lat, lng = await halves[busy].stored_position(entry)
+                live[busy].append((driver, lat, lng, entry.vehicle))
+            for _ in range(4):
+                qlat, qlng = destination(clat, clng, 1_500 * rnd.random(), rnd.uniform(0, 6.3))
+                radius = rnd.choice([300.0, 1_000.0, 5_000.0])
+                limit = rnd.randint(1, 15)
+                vehicle = rnd.choice([None, *VEHICLES])
+                context = (seed, qlat, qlng, radius, limit, vehicle)
+                plain = await index.find_nearby(qlat, qlng, radius, limit, vehicle, now_ms=now)
+                assert_same(
+                    plain, brute_force(live[False], qlat, qlng, radius, limit, vehicle), context
+                )
+                assert not any(n.busy for n in plain)
+                both = await index.find_nearby(
+                    qlat, qlng, radius, limit, vehicle, include_busy=True, now_ms=now
+                )
+                want = brute_force(live[False] + live[True], qlat, qlng, radius, limit, vehicle)
+                assert_same(both, want, context)
+                for n in both:
+                    assert n.busy == slots[n.driver_id].startswith(BUSY), context
+        finally:
+            for half in halves:
+                await half.drop()

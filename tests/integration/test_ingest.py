@@ -8,8 +8,9 @@ import uuid
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
 from location_svc.ingest import AckSink, Ingest, Update
+from location_svc.store.driver_index import DriverIndex
 from location_svc.store.drivers import DriverStore, driver_key, position_key
-from location_svc.store.geo_index import GeoIndex, shard_of
+from location_svc.store.geo_index import shard_of
 from location_svc.store.history import HistoryWriter
 from mesh.stores import Stores
 
@@ -19,9 +20,9 @@ SPOT = (48.8566, 2.3522)
 def _update(driver_id: str, sequence: int, sink: AckSink) -> Update:
     fix = Fix(SPOT[0], SPOT[1], 5.0, 0.0, 0.0, 1_700_000_000_000 + sequence, sequence)
     shard = shard_of(*SPOT)
-    # Busy: stored and published like any live fix, but not indexed (no index keys to clean).
+    # Offline: stored and published like any live fix, but not indexed (no index keys to clean).
     return Update(
-        driver_id, fix, DriverStatus.BUSY, "car", "", "", fix.device_time_ms, sink, shard, ""
+        driver_id, fix, DriverStatus.OFFLINE, "car", "", "", fix.device_time_ms, sink, shard, ""
     )
 
 
@@ -43,7 +44,7 @@ async def test_a_slow_stored_hook_holds_up_no_tick(stores: Stores) -> None:
     drivers = [f"ingest-{tag}-{i}" for i in range(4)]
     ingest = Ingest(
         redis,
-        GeoIndex(redis, prefix=f"t{tag}"),
+        DriverIndex(redis, prefix=f"t{tag}"),
         DriverStore(redis, pool),
         HistoryWriter(pool),
         on_stored=hook,

@@ -243,6 +243,69 @@ async def test_a_silent_driver_disappears_and_busy_drivers_are_not_dispatchable(
     assert (await presence_of(streamer)).presence == location_pb2.PRESENCE_STREAM_CLOSED
 
 
+async def _statuses(world: World, lat: float, lng: float, *, include_busy: bool):
+    reply = await world.location.FindNearbyDrivers(
+        location_service_pb2.FindNearbyDriversRequest(
+            center=common_pb2.LatLng(latitude=lat, longitude=lng),
+            radius_meters=2000,
+            limit=10,
+            include_busy=include_busy,
+        ),
+        metadata=world.market.matching,
+    )
+    return {d.driver_id: d.status for d in reply.drivers}
+
+
+async def test_a_status_change_reaches_the_open_stream_and_busy_couriers_are_found_on_request(
+    world: World,
+) -> None:
+    courier = await _available_driver(world)
+    idle = await _available_driver(world)
+    lat, lng = _spot()
+    await world.location.ReportLocations(
+        location_service_pb2.ReportLocationsRequest(fixes=[_fix(*_north(lat, lng, 300))]),
+        metadata=idle.metadata,
+    )
+    stream = Stream(world, courier)
+    now = int(time.time() * 1000)
+    await stream.send(_fix(lat, lng, ms=now - 3_000, seq=1))
+    await stream.ack()
+
+    async def set_status(status: int) -> None:
+        await world.location.SetAvailability(
+            location_service_pb2.SetAvailabilityRequest(status=status, driver_id=courier.user_id),
+            metadata=world.market.matching,
+        )
+
+    # Matching makes the courier busy while their stream stays open: the fixes that follow
+    # keep them out of the plain search, and in the one that asks for busy couriers.
+    await set_status(common_pb2.DRIVER_STATUS_BUSY)
+    await stream.send(_fix(*_north(lat, lng, 20), ms=now - 2_000, seq=2))
+    await stream.ack()
+    assert await _statuses(world, lat, lng, include_busy=False) == {
+        idle.user_id: common_pb2.DRIVER_STATUS_AVAILABLE
+    }
+    assert await _statuses(world, lat, lng, include_busy=True) == {
+        courier.user_id: common_pb2.DRIVER_STATUS_BUSY,
+        idle.user_id: common_pb2.DRIVER_STATUS_AVAILABLE,
+    }
+    # Offline: in neither, however many fixes still come.
+    await set_status(common_pb2.DRIVER_STATUS_OFFLINE)
+    await stream.send(_fix(*_north(lat, lng, 40), ms=now - 1_000, seq=3))
+    await stream.ack()
+    assert courier.user_id not in await _statuses(world, lat, lng, include_busy=True)
+    # Available again: back in the plain search, and in one place only.
+    await set_status(common_pb2.DRIVER_STATUS_AVAILABLE)
+    await stream.send(_fix(*_north(lat, lng, 60), ms=now, seq=4))
+    await stream.ack()
+    assert (await _statuses(world, lat, lng, include_busy=True))[
+        courier.user_id
+    ] == common_pb2.DRIVER_STATUS_AVAILABLE
+    assert courier.user_id in await _statuses(world, lat, lng, include_busy=False)
+    await stream.close()
+    assert await stream.call.code() == grpc.StatusCode.OK
+
+
 async def test_a_replayed_backlog_goes_to_history_without_moving_the_driver(
     world: World,
 ) -> None:
