@@ -26,6 +26,7 @@ import grpc
 
 from matching_svc.domain.offers import Offer
 from matching_svc.domain.scoring import Candidate, Score, ScoringRules, rank
+from matching_svc.domain.stacking import StackingRules, StackPlan, plan_stack
 from matching_svc.store.jobs import ASSIGNABLE_STATUSES, JobContext, JobStore
 from matching_svc.store.offers import OfferStore
 from mesh.breaker import BreakerOpen
@@ -38,12 +39,18 @@ logger = logging.getLogger(__name__)
 class Nearby:
     driver_id: str
     distance_m: float
+    lat: float
+    lng: float
+    #: Busy (on a delivery) rather than available.
+    busy: bool = False
 
 
 class Locator(Protocol):
-    """Where available couriers are: location_svc's FindNearbyDrivers."""
+    """Where couriers are: location_svc's FindNearbyDrivers."""
 
-    async def nearby(self, lat: float, lng: float, radius_m: float, limit: int) -> list[Nearby]: ...
+    async def nearby(
+        self, lat: float, lng: float, radius_m: float, limit: int, *, include_busy: bool = False
+    ) -> list[Nearby]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,8 @@ class DispatchRules:
     #: The window over which acceptance rates count, in seconds.
     stats_window_s: float = 24 * 3600.0
     scoring: ScoringRules = field(default_factory=ScoringRules)
+    #: When a courier carrying orders may be offered another.
+    stacking: StackingRules = field(default_factory=StackingRules)
 
 
 NO_COURIER_TITLE = "Looking for a courier"
@@ -132,7 +141,7 @@ class Dispatcher:
             )
             return None
         try:
-            ranked, radius = await self._candidates(ctx)
+            ranked, plans, radius = await self._candidates(ctx)
         except BreakerOpen as exc:
             # location_svc is down: the order waits, it does not fail (nor count an attempt).
             await self._jobs.search_again(order_id, ctx.attempts, exc.retry_after_s, str(exc))
@@ -155,6 +164,9 @@ class Dispatcher:
                     strict=True,
                 )
             }
+            plan = plans.get(choice.driver_id)
+            if plan is not None:
+                factors.update(self._stack_factors(plan))
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     # The order may not change under the offer (a cancel or an operator's
@@ -176,6 +188,7 @@ class Dispatcher:
                         ttl_s=self.rules.offer_ttl_s,
                         score=choice.total,
                         factors=factors,
+                        stacked=plan is not None,
                         conn=conn,
                     )
                     await self._jobs.offered(conn, order_id, attempt)
@@ -230,18 +243,35 @@ class Dispatcher:
                 "could not tell courier %s about offer %s: %s", offer.driver_id, offer.offer_id, exc
             )
 
-    async def _candidates(self, ctx: JobContext) -> tuple[list[Score], float]:
-        """The scored couriers near the shop (best first) and the radius they were found in.
+    def _stack_factors(self, plan: StackPlan) -> dict[str, tuple[float, float]]:
+        """What a stacked offer costs, for operators (recorded beside the score, not weighed:
+        0 is the bound, 1 nothing at all)."""
+        rules = self.rules.stacking
+        worst = max(plan.delays_s.values(), default=0.0)
+        return {
+            "stack_detour": (_share_left(plan.detour_s, rules.max_detour_s), 0.0),
+            "stack_delay": (_share_left(worst, rules.max_delay_s), 0.0),
+        }
+
+    async def _candidates(self, ctx: JobContext) -> tuple[list[Score], dict[str, StackPlan], float]:
+        """The scored couriers near the shop (best first), the stacking plan of each who carries
+        orders, and the radius they were found in.
 
         The radius widens until someone is left after the filters: couriers who answered this
         order before (declined, let it expire, or accepted and were taken off), couriers at
-        their cap, and couriers holding another pending offer.
+        their cap, couriers holding another pending offer, couriers busy with nothing of ours,
+        and couriers carrying orders that this one does not fit (:mod:`.domain.stacking`).
         """
         left_out = await self._offers.answered_by(ctx.order_id)
+        stacking = self.rules.stacking
         radius = self.rules.radii_m[-1]
         for radius in self.rules.radii_m:
             near = await self._locator.nearby(
-                ctx.pickup_lat, ctx.pickup_lng, radius, self.rules.candidates + len(left_out)
+                ctx.pickup_lat,
+                ctx.pickup_lng,
+                radius,
+                self.rules.candidates + len(left_out),
+                include_busy=stacking.enabled,
             )
             found = [n for n in near if n.driver_id not in left_out][: self.rules.candidates]
             if not found:
@@ -249,20 +279,55 @@ class Dispatcher:
             stats = await self._offers.stats(
                 [n.driver_id for n in found], self.rules.stats_window_s
             )
-            candidates = [
-                Candidate(
-                    driver_id=n.driver_id,
-                    distance_m=n.distance_m,
-                    rating=s.rating,
-                    offers_in_window=s.answered,
-                    accepted_in_window=s.accepted,
-                    active_orders=s.active_orders,
-                )
+            free = {
+                n.driver_id: s
                 for n in found
                 if (s := stats.get(n.driver_id)) is not None
                 and s.active_orders < s.max_active_orders
                 and not s.has_pending_offer
-            ]
+            }
+            loaded = [n for n in found if n.driver_id in free and free[n.driver_id].active_orders]
+            carried = await self._offers.carried([n.driver_id for n in loaded]) if loaded else {}
+            plans: dict[str, StackPlan] = {}
+            candidates = []
+            for n in found:
+                s = free.get(n.driver_id)
+                if s is None:
+                    continue
+                if s.active_orders:
+                    if not stacking.enabled:
+                        continue
+                    plan = plan_stack(
+                        (n.lat, n.lng),
+                        carried.get(n.driver_id, []),
+                        ctx.order_id,
+                        (ctx.pickup_lat, ctx.pickup_lng),
+                        (ctx.dropoff_lat, ctx.dropoff_lng),
+                        stacking,
+                    )
+                    if plan is None:
+                        continue
+                    plans[n.driver_id] = plan
+                elif n.busy:
+                    # Busy with nothing of ours (another job, say): left alone.
+                    continue
+                candidates.append(
+                    Candidate(
+                        driver_id=n.driver_id,
+                        distance_m=n.distance_m,
+                        rating=s.rating,
+                        offers_in_window=s.answered,
+                        accepted_in_window=s.accepted,
+                        active_orders=s.active_orders,
+                    )
+                )
             if candidates:
-                return rank(candidates, radius, self.rules.scoring), radius
-        return [], radius
+                return rank(candidates, radius, self.rules.scoring), plans, radius
+        return [], {}, radius
+
+
+def _share_left(used: float, bound: float) -> float:
+    """How much of ``bound`` is left after ``used``, from 0 to 1."""
+    if bound <= 0:
+        return 1.0 if used <= 0 else 0.0
+    return min(1.0, max(0.0, 1.0 - used / bound))

@@ -6,7 +6,7 @@ import grpc
 
 from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
 from matching_svc.dispatcher import Dispatcher, DispatchRules
-from matching_svc.locator import LocationLocator
+from matching_svc.locator import CourierStatus, LocationLocator
 from matching_svc.service import DispatchLoop, MatchingService, OfferHub, OfferPush
 from matching_svc.settings import MatchingSettings
 from matching_svc.store.jobs import JobStore
@@ -84,6 +84,7 @@ async def build_server(
         max_attempts=rules.max_attempts,
         lead_s=rules.lead_s,
         on_closed=push.closed,
+        couriers=CourierStatus(stores.pool, locator),
     )
     # A new consumer group starts at the stream's beginning ("0"): no order confirmed before
     # matching_svc first ran is missed. Tests that share a stream start at "$".

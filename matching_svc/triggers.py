@@ -17,6 +17,7 @@ from datetime import UTC, timedelta
 
 from delivery.order.v1 import order_events_pb2
 from matching_svc.domain.offers import Offer
+from matching_svc.locator import CourierStatus
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
 from mesh.events import Event, parse_payload
@@ -35,7 +36,9 @@ class OrderTriggers:
         max_attempts: int,
         lead_s: float,
         on_closed: Callable[[Offer], Awaitable[None]] | None = None,
+        couriers: CourierStatus | None = None,
     ) -> None:
+        self._couriers = couriers
         self._jobs = jobs
         self._offers = offers
         self._max_attempts = max_attempts
@@ -70,6 +73,22 @@ class OrderTriggers:
             # Through an accepted offer (then nothing is pending) or an operator's hand.
             await self._withdraw(order_id)
             await self._jobs.close(order_id, "assigned")
+        await self._follow_load(message)
+
+    async def _follow_load(self, message: order_events_pb2.OrderEvent) -> None:
+        """A courier's status follows their load (see :class:`CourierStatus`)."""
+        if self._couriers is None:
+            return
+        kind = message.type
+        if kind == ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED and message.driver_id:
+            await self._couriers.assigned(message.driver_id)
+        elif kind == ET.ORDER_EVENT_TYPE_COURIER_UNASSIGNED and message.previous_driver_id:
+            await self._couriers.released(message.previous_driver_id)
+        elif (
+            kind in (ET.ORDER_EVENT_TYPE_DELIVERED, ET.ORDER_EVENT_TYPE_CANCELLED)
+            and message.driver_id
+        ):
+            await self._couriers.released(message.driver_id)
 
     async def _withdraw(self, order_id: str) -> None:
         for offer in await self._offers.withdraw_for_order(order_id):

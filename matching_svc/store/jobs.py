@@ -37,6 +37,8 @@ class JobContext:
     driver_id: str | None
     pickup_lat: float
     pickup_lng: float
+    dropoff_lat: float
+    dropoff_lng: float
     state: str
     #: Offers made (or searches that found nobody) in the current round.
     attempts: int
@@ -76,6 +78,7 @@ class JobStore:
             """
             SELECT o.id::text AS order_id, o.customer_id::text, o.status AS order_status,
                    o.driver_id::text, m.lat AS pickup_lat, m.lng AS pickup_lng,
+                   o.delivery_lat AS dropoff_lat, o.delivery_lng AS dropoff_lng,
                    j.state, j.attempts, j.max_attempts, j.next_attempt_at, j.updated_at
               FROM dispatch_jobs j
               JOIN orders o ON o.id = j.order_id

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from matching_svc.domain.offers import NOT_PENDING_REASONS, Offer, OfferStatus
+from matching_svc.domain.stacking import Carried
 from mesh.errors import DomainError, FailedPrecondition, NotFound
 from order_svc.changes import assign_courier_in
 from order_svc.domain.orders import Order
@@ -40,6 +41,13 @@ _CONFLICTS = {
         "DRIVER_HAS_PENDING_OFFER",
     ),
 }
+
+
+STACKED_TITLE = "Your courier has another drop"
+STACKED_BODY = (
+    "Your courier is also delivering another order nearby on the way; it adds a few minutes "
+    "at most."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +186,7 @@ class OfferStore:
                     reason=f"offer {offer_id}",
                     now=datetime.now(UTC),
                 )
+                await self._tell_stacked(conn, driver_id)
                 await conn.execute(
                     "UPDATE dispatch_jobs SET state = 'assigned' WHERE order_id = $1::uuid",
                     offer.order_id,
@@ -187,6 +196,25 @@ class OfferStore:
                 await self._withdraw(offer_id)
             raise
         return offer, order
+
+    async def _tell_stacked(self, conn: asyncpg.Connection, driver_id: str) -> None:
+        """A courier now carrying more than one order: each of those customers hears that
+        their courier has another drop on the way (in the accept's transaction)."""
+        await conn.execute(
+            """
+            INSERT INTO notifications (recipient_id, order_id, type, title, body, data)
+            SELECT o.customer_id, o.id, 'courier_has_another_drop', $2, $3,
+                   jsonb_build_object('orders_carried', count(*) OVER ())
+              FROM orders o
+             WHERE o.driver_id = $1::uuid AND o.status NOT IN ('delivered', 'cancelled')
+               AND (SELECT count(*) FROM orders c
+                     WHERE c.driver_id = $1::uuid
+                       AND c.status NOT IN ('delivered', 'cancelled')) > 1
+            """,
+            driver_id,
+            STACKED_TITLE,
+            STACKED_BODY,
+        )
 
     async def decline(self, offer_id: str, driver_id: str, reason: str | None) -> Offer:
         """The courier turns the offer down (while it is pending and unexpired)."""
@@ -281,6 +309,28 @@ class OfferStore:
             )
             for r in rows
         }
+
+    async def carried(self, driver_ids: list[str]) -> dict[str, list[Carried]]:
+        """The orders each courier carries now (assigned and not yet delivered), by courier:
+        the pickup while it is still to make, and the drop-off."""
+        rows = await self._pool.fetch(
+            """
+            SELECT o.id::text AS order_id, o.driver_id::text, o.status, m.lat, m.lng,
+                   o.delivery_lat, o.delivery_lng
+              FROM orders o JOIN merchants m ON m.id = o.merchant_id
+             WHERE o.driver_id = ANY($1::uuid[])
+               AND o.status NOT IN ('delivered', 'cancelled')
+             ORDER BY o.assigned_at, o.id
+            """,
+            driver_ids,
+        )
+        found: dict[str, list[Carried]] = {}
+        for r in rows:
+            pickup = None if r["status"] == "picked_up" else (r["lat"], r["lng"])
+            found.setdefault(r["driver_id"], []).append(
+                Carried(r["order_id"], pickup, (r["delivery_lat"], r["delivery_lng"]))
+            )
+        return found
 
     async def withdraw_for_order(self, order_id: str) -> list[Offer]:
         """Withdraws the order's pending offer (the order was cancelled or given a courier)."""
