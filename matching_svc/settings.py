@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from matching_svc.dispatcher import DispatchRules
+from matching_svc.domain.stacking import StackingRules
 from mesh.breaker import BreakerSettings
-from mesh.settings import PREFIX, env_int, env_non_negative, env_positive
+from mesh.settings import PREFIX, env_bool, env_int, env_non_negative, env_positive
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class MatchingSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> MatchingSettings:
         """Reads the variables documented in docs/operations.md."""
         env = os.environ if env is None else env
-        r, b = DispatchRules(), BreakerSettings()
+        r, b, st = DispatchRules(), BreakerSettings(), StackingRules()
         attempts = env_int(env, "DISPATCH_MAX_ATTEMPTS", r.max_attempts)
         if attempts < 1:
             raise ValueError(f"{PREFIX}DISPATCH_MAX_ATTEMPTS must be at least 1, got {attempts}")
@@ -40,6 +41,16 @@ class MatchingSettings:
                 lead_s=env_non_negative(env, "DISPATCH_LEAD_S", r.lead_s),
                 stats_window_s=r.stats_window_s,
                 scoring=r.scoring,
+                stacking=StackingRules(
+                    enabled=env_bool(env, "DISPATCH_STACKING", st.enabled),
+                    max_pickup_m=env_non_negative(env, "STACK_MAX_PICKUP_M", st.max_pickup_m),
+                    max_detour_s=60
+                    * env_non_negative(env, "STACK_MAX_DETOUR_MIN", st.max_detour_s / 60),
+                    max_delay_s=60
+                    * env_non_negative(env, "STACK_MAX_DELAY_MIN", st.max_delay_s / 60),
+                    speed_mps=env_positive(env, "COURIER_SPEED_MPS", st.speed_mps),
+                    road_factor=st.road_factor,
+                ),
             ),
             breaker=BreakerSettings(
                 failure_ratio=b.failure_ratio,

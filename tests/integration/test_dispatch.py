@@ -8,7 +8,7 @@ import asyncio
 import math
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -16,10 +16,12 @@ import pytest
 from redis.asyncio import Redis
 
 from location_svc.server import build_server as build_location
-from location_svc.store.geo_index import GeoIndex, IndexEntry, shard_of
+from location_svc.store.driver_index import DriverIndex
+from location_svc.store.geo_index import IndexEntry
 from matching_svc.dispatcher import Dispatcher, DispatchRules
 from matching_svc.domain.offers import OfferStatus
 from matching_svc.domain.scoring import Candidate, rank
+from matching_svc.domain.stacking import StackingRules
 from matching_svc.locator import LocationLocator
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
@@ -38,15 +40,20 @@ from tests.integration.rows import courier, shop_order
 class Rig:
     pool: asyncpg.Pool
     redis: Redis
-    index: GeoIndex
+    index: DriverIndex
     offers: OfferStore
     jobs: JobStore
     dispatcher: Dispatcher
     shop: tuple[float, float]
     filed: list[tuple[str, str]]
 
-    async def courier_at(self, metres_north: float, rating: float | None = None) -> str:
-        """A courier, available ``metres_north`` of the shop."""
+    def north(self, metres: float) -> tuple[float, float]:
+        return self.shop[0] + math.degrees(metres / EARTH_RADIUS_M), self.shop[1]
+
+    async def courier_at(
+        self, metres_north: float, rating: float | None = None, *, busy: bool = False
+    ) -> str:
+        """A courier, available (or busy) ``metres_north`` of the shop."""
         async with self.pool.acquire() as conn:
             driver = await courier(conn)
             if rating is not None:
@@ -58,14 +65,33 @@ class Rig:
         lat = self.shop[0] + math.degrees(metres_north / EARTH_RADIUS_M)
         entry = IndexEntry(driver, lat, self.shop[1], "bicycle", clock.now_ms())
         pipe = self.redis.pipeline(transaction=False)
-        self.index.queue_upsert(pipe, entry, None)
+        slot = self.index.queue_upsert(pipe, entry, None, busy=busy)
         await pipe.execute()
-        self.filed.append((driver, shard_of(lat, self.shop[1])))
+        self.filed.append((driver, slot))
         return driver
 
-    async def order(self) -> str:
-        made = await shop_order(self.pool, "confirmed", shop=self.shop)
+    async def order(self, door_north: float = 2_000.0) -> str:
+        made = await shop_order(self.pool, "confirmed", shop=self.shop, door=self.north(door_north))
         await self.jobs.ensure(made.order, None, self.dispatcher.rules.max_attempts)
+        return made.order
+
+    async def carrying(self, driver: str, door_north: float) -> str:
+        """Gives the courier an order from another shop nearby, picked up, for a door this far
+        north of the shop; returns the order."""
+        made = await shop_order(
+            self.pool, "picked_up", shop=self.north(-300), door=self.north(door_north)
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE orders SET driver_id = $2::uuid, assigned_at = now() WHERE id = $1::uuid",
+                made.order,
+                driver,
+            )
+            await conn.execute(
+                "UPDATE drivers SET active_order_count = active_order_count + 1"
+                " WHERE id = $1::uuid",
+                driver,
+            )
         return made.order
 
 
@@ -82,7 +108,7 @@ async def rig(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[Ri
         made = Rig(
             stores.pool,
             stores.redis,
-            GeoIndex(stores.redis),
+            DriverIndex(stores.redis),
             offers,
             jobs,
             Dispatcher(stores.pool, offers, jobs, locator, rules),
@@ -94,8 +120,8 @@ async def rig(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[Ri
             yield made
         finally:
             pipe = stores.redis.pipeline(transaction=False)
-            for driver, shard in made.filed:
-                made.index.queue_remove(pipe, driver, shard)
+            for driver, slot in made.filed:
+                made.index.queue_remove(pipe, driver, slot)
             await pipe.execute()
 
 
@@ -241,3 +267,67 @@ async def test_an_order_whose_courier_was_taken_off_goes_to_someone_else(rig: Ri
     await rig.jobs.reopen(order)
     again = await rig.dispatcher.step(order)
     assert again is not None and again.driver_id == second and again.attempt == 1
+
+
+async def test_a_courier_with_an_order_on_the_way_is_offered_a_second_one_stacked(rig: Rig) -> None:
+    # Two hundred metres from the shop with an order in the bag for a door 3 km north; the new
+    # order goes 3.2 km north: on the way, and the first customer waits under two minutes more.
+    loaded = await rig.courier_at(200, busy=True)
+    first = await rig.carrying(loaded, 3_000)
+    idle = await rig.courier_at(1_500)
+    order = await rig.order(door_north=3_200)
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == loaded and offer.stacked
+    # What the stack costs is recorded beside the score (not weighed).
+    detour, detour_weight = offer.factors["stack_detour"]
+    delay, delay_weight = offer.factors["stack_delay"]
+    assert detour_weight == delay_weight == 0.0
+    assert detour == pytest.approx(1.0)
+    assert 0.5 < delay < 1.0
+    assert offer.factors["load"][0] == pytest.approx(1 - 1 / 3, abs=1e-6)
+
+    # Accepting it: the courier carries two, and both customers hear of the other drop.
+    _, assigned = await rig.offers.accept(offer.offer_id, loaded)
+    assert assigned.driver_id == loaded
+    load = await rig.pool.fetchval(
+        "SELECT active_order_count FROM drivers WHERE id = $1::uuid", loaded
+    )
+    assert load == 2
+    told = await rig.pool.fetch(
+        "SELECT order_id::text, recipient_id::text FROM notifications"
+        " WHERE type = 'courier_has_another_drop' AND order_id = ANY($1::uuid[])",
+        [first, order],
+    )
+    customers = await rig.pool.fetch(
+        "SELECT id::text AS order_id, customer_id::text FROM orders WHERE id = ANY($1::uuid[])",
+        [first, order],
+    )
+    assert sorted(tuple(r) for r in told) == sorted(tuple(r) for r in customers)
+    assert idle  # never asked
+
+
+async def test_couriers_the_order_does_not_fit_are_passed_over(rig: Rig) -> None:
+    # Nearest: carrying an order 3 km north while this one goes 3 km south (the first customer
+    # would wait far too long, or the detour would be); then a courier busy with nothing of
+    # ours; then one at their cap. The idle courier further out gets the offer, unstacked.
+    wrong_way = await rig.courier_at(100)
+    await rig.carrying(wrong_way, 3_000)
+    await rig.courier_at(150, busy=True)
+    full = await rig.courier_at(200)
+    await rig.carrying(full, 500)
+    await rig.carrying(full, 600)
+    idle = await rig.courier_at(1_500)
+    order = await rig.order(door_north=-3_000)
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == idle and not offer.stacked
+    assert "stack_detour" not in offer.factors
+
+
+async def test_with_stacking_off_a_loaded_courier_is_never_offered(rig: Rig) -> None:
+    rig.dispatcher.rules = replace(rig.dispatcher.rules, stacking=StackingRules(enabled=False))
+    loaded = await rig.courier_at(100)
+    await rig.carrying(loaded, 3_000)
+    order = await rig.order(door_north=3_100)
+    assert await rig.dispatcher.step(order) is None
+    job = await rig.jobs.context(order)
+    assert job is not None and job.state == "waiting_for_retry"

@@ -363,3 +363,62 @@ async def test_a_confirmed_order_is_dispatched_by_its_event_and_a_cancelled_one_
         ] == [matching_pb2.OFFER_STATUS_WITHDRAWN]
 
     await eventually(withdrawn)
+
+
+async def test_a_couriers_status_follows_their_load(mesh: Mesh) -> None:
+    """Busy once assigned (out of the plain search, found when busy couriers are asked for),
+    available again when their last order is cancelled."""
+    async with serving(build_location, mesh.location_settings, mesh.stores) as (_, channel):
+        location = location_service_pb2_grpc.LocationServiceStub(channel)
+        driver = await mesh.courier_near_shop(location, 200)
+
+        async def status() -> int:
+            reply = await location.GetDriverLocation(
+                location_service_pb2.GetDriverLocationRequest(driver_id=driver.user_id),
+                metadata=service_metadata(mesh.location_settings, "matching"),
+            )
+            return reply.location.status
+
+        def is_status(wanted: int):  # type: ignore[no-untyped-def]
+            async def check() -> bool:
+                return await status() == wanted
+
+            return check
+
+        async def found(include_busy: bool) -> bool:
+            reply = await location.FindNearbyDrivers(
+                location_service_pb2.FindNearbyDriversRequest(
+                    center=common_pb2.LatLng(latitude=mesh.shop[0], longitude=mesh.shop[1]),
+                    radius_meters=1_000,
+                    include_busy=include_busy,
+                ),
+                metadata=service_metadata(mesh.location_settings, "matching"),
+            )
+            return driver.user_id in {d.driver_id for d in reply.drivers}
+
+        stream = mesh.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        order = await mesh.order()
+        await mesh.matching.DispatchOrder(
+            matching_service_pb2.DispatchOrderRequest(order_id=order), metadata=mesh.as_order_svc
+        )
+        offered = await asyncio.wait_for(stream.read(), 10)
+        stream.cancel()
+        assert await status() == common_pb2.DRIVER_STATUS_AVAILABLE
+        await mesh.matching.AcceptOffer(
+            matching_service_pb2.AcceptOfferRequest(offer_id=offered.offer.offer_id),
+            metadata=driver.metadata,
+        )
+        await eventually(is_status(common_pb2.DRIVER_STATUS_BUSY))
+        assert not await found(include_busy=False) and await found(include_busy=True)
+
+        admin = await mesh.market.admin()
+        await mesh.market.orders.CancelOrder(
+            order_service_pb2.CancelOrderRequest(
+                order_id=order, reason=order_pb2.CANCEL_REASON_OTHER, note="test"
+            ),
+            metadata=admin.metadata,
+        )
+        await eventually(is_status(common_pb2.DRIVER_STATUS_AVAILABLE))
+        assert await found(include_busy=False)

@@ -24,8 +24,17 @@ def test_values_are_read() -> None:
             "DELIVERY_DISPATCH_RETRY_AFTER_S": "60",
             "DELIVERY_BREAKER_OPEN_S": "5",
             "DELIVERY_DISPATCH_TICK_S": "0.05",
+            "DELIVERY_DISPATCH_STACKING": "false",
+            "DELIVERY_STACK_MAX_DETOUR_MIN": "4",
+            "DELIVERY_STACK_MAX_DELAY_MIN": "2.5",
+            "DELIVERY_STACK_MAX_PICKUP_M": "800",
+            "DELIVERY_COURIER_SPEED_MPS": "4",
         }
     )
+    stacking = settings.rules.stacking
+    assert not stacking.enabled
+    assert (stacking.max_detour_s, stacking.max_delay_s) == (240.0, 150.0)
+    assert (stacking.max_pickup_m, stacking.speed_mps) == (800.0, 4.0)
     assert (settings.rules.offer_ttl_s, settings.rules.max_attempts) == (2.5, 3)
     assert settings.rules.retry_after_s == 60.0
     assert (settings.breaker.open_s, settings.tick_s) == (5.0, 0.05)
@@ -38,6 +47,8 @@ def test_values_are_read() -> None:
         ("DELIVERY_OFFER_TTL_S", "soon"),
         ("DELIVERY_DISPATCH_MAX_ATTEMPTS", "0"),
         ("DELIVERY_BREAKER_OPEN_S", "-1"),
+        ("DELIVERY_STACK_MAX_DETOUR_MIN", "-3"),
+        ("DELIVERY_COURIER_SPEED_MPS", "0"),
     ],
 )
 def test_bad_values_stop_the_service_naming_the_variable(name: str, value: str) -> None:
