@@ -18,7 +18,7 @@ from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
 from mesh.auth import Role, current_principal
 from mesh.breaker import BreakerState, CircuitBreaker
-from mesh.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from mesh.ids import canonical_uuid
 
 logger = logging.getLogger(__name__)
@@ -251,17 +251,30 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> matching_service_pb2.GetDispatchStatusResponse:
         principal = current_principal()
-        principal.require_service("order")
         order_id = canonical_uuid(request.order_id)
         if order_id is None:
             raise InvalidArgument(FieldViolation("order_id", "must be an order id (a UUID)"))
-        return matching_service_pb2.GetDispatchStatusResponse(
-            dispatch_status=await self._status(order_id, operator=True)
-        )
+        if principal.role in (Role.SERVICE, Role.ADMIN):
+            status = await self._status(order_id, operator=True)
+        elif principal.role in (Role.CUSTOMER, Role.MERCHANT):
+            # The order's customer and its shop's owner see where the search stands, not who
+            # was offered what (nor why).
+            status = await self._status(order_id, operator=False, party=principal.subject)
+        else:
+            raise PermissionDenied(
+                "dispatch status is for services, admins, and the order's customer and merchant",
+                reason="ROLE_NOT_ALLOWED",
+            )
+        return matching_service_pb2.GetDispatchStatusResponse(dispatch_status=status)
 
-    async def _status(self, order_id: str, *, operator: bool) -> matching_pb2.DispatchStatus:
+    async def _status(
+        self, order_id: str, *, operator: bool, party: str | None = None
+    ) -> matching_pb2.DispatchStatus:
         job = await self._jobs.context(order_id)
-        if job is None:
+        if job is None or (
+            party is not None and party not in (job.customer_id, job.merchant_owner_id)
+        ):
+            # Someone else's order is as unknown to the caller as one never dispatched.
             raise NotFound(f"order {order_id} was never dispatched", reason="NOT_DISPATCHED")
         status = matching_pb2.DispatchStatus(
             order_id=order_id,

@@ -33,6 +33,7 @@ class JobContext:
 
     order_id: str
     customer_id: str
+    merchant_owner_id: str
     order_status: str
     driver_id: str | None
     pickup_lat: float
@@ -76,7 +77,8 @@ class JobStore:
     async def context(self, order_id: str) -> JobContext | None:
         row = await self._pool.fetchrow(
             """
-            SELECT o.id::text AS order_id, o.customer_id::text, o.status AS order_status,
+            SELECT o.id::text AS order_id, o.customer_id::text,
+                   m.owner_user_id::text AS merchant_owner_id, o.status AS order_status,
                    o.driver_id::text, m.lat AS pickup_lat, m.lng AS pickup_lng,
                    o.delivery_lat AS dropoff_lat, o.delivery_lng AS dropoff_lng,
                    j.state, j.attempts, j.max_attempts, j.next_attempt_at, j.updated_at

@@ -125,6 +125,14 @@ class Market:
         sessions = SessionStore(redis, ttl_s=600, service_secret=self._settings.auth.service_secret)
         return Caller(user_id, bearer(await sessions.create(user_id, Role.ADMIN)))
 
+    async def session_for(self, user_id: str, role: Role) -> Caller:
+        """A session of a user made straight in the database (tests' rows)."""
+        assert self._stores.redis is not None
+        sessions = SessionStore(
+            self._stores.redis, ttl_s=600, service_secret=self._settings.auth.service_secret
+        )
+        return Caller(user_id, bearer(await sessions.create(user_id, role)))
+
     async def shop(
         self, owner: Caller, *, handoff: int = merchant_pb2.HANDOFF_POLICY_PIN
     ) -> tuple[merchant_pb2.Merchant, merchant_pb2.MenuItem]:

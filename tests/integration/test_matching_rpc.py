@@ -23,6 +23,7 @@ from location_svc.server import build_server as build_location
 from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
 from mesh import clock
+from mesh.auth import Role
 from mesh.breaker import BreakerSettings
 from mesh.events import stream_for
 from mesh.geo import EARTH_RADIUS_M
@@ -422,3 +423,39 @@ async def test_a_couriers_status_follows_their_load(mesh: Mesh) -> None:
         )
         await eventually(is_status(common_pb2.DRIVER_STATUS_AVAILABLE))
         assert await found(include_busy=False)
+
+
+async def test_the_customer_and_the_shop_see_where_dispatch_stands_and_nothing_more(
+    mesh: Mesh,
+) -> None:
+    assert mesh.stores.pool is not None
+    made = await shop_order(mesh.stores.pool, "confirmed", shop=mesh.shop)
+    # Nobody near (location_svc is not even up): the order waits for its next search.
+    await mesh.matching.DispatchOrder(
+        matching_service_pb2.DispatchOrderRequest(order_id=made.order), metadata=mesh.as_order_svc
+    )
+    customer = await mesh.market.session_for(made.customer, Role.CUSTOMER)
+    owner = await mesh.market.session_for(made.owner, Role.MERCHANT)
+    for party in (customer, owner):
+        reply = await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=made.order),
+            metadata=party.metadata,
+        )
+        status = reply.dispatch_status
+        assert status.order_id == made.order and status.max_attempts == RULES.max_attempts
+        assert status.state != matching_pb2.DISPATCH_STATE_UNSPECIFIED
+        assert not status.offers and not status.breakers and not status.HasField("current_offer")
+    stranger = await mesh.market.sign_up(common_pb2.ROLE_CUSTOMER)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=made.order),
+            metadata=stranger.metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    driver = await mesh.market.sign_up(common_pb2.ROLE_DRIVER)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=made.order),
+            metadata=driver.metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
