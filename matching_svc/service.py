@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 #: "closed:<offer id>" for one that is no longer open.
 OFFER_CHANNEL = "offers:{}"
 _CLOSED = "closed:"
+# Put in every stream's queue when the hub's subscription came back after a loss: whatever
+# was published meanwhile never arrived, so the streams read their state again.
+_RESYNC = "resync"
 
 _STATUS = {
     OfferStatus.PENDING: matching_pb2.OFFER_STATUS_PENDING,
@@ -136,6 +139,11 @@ class OfferHub:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.psubscribe(OFFER_CHANNEL.format("*"))
+                if self.ready.is_set():
+                    # Back after a loss: events published meanwhile are gone.
+                    for queues in self._streams.values():
+                        for queue in queues:
+                            queue.put_nowait(_RESYNC)
                 self.ready.set()
                 while not self._stopping.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -205,29 +213,48 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
         principal = current_principal()
         principal.require(Role.DRIVER)
         driver_id = principal.subject
+        #: Offers shown on this stream and not yet told closed.
+        shown: set[str] = set()
+
+        def show(offer: Offer) -> matching_service_pb2.StreamOffersResponse:
+            shown.add(offer.offer_id)
+            return matching_service_pb2.StreamOffersResponse(
+                offer=offer_to_proto(offer, operator=False)
+            )
+
+        def close(offer: Offer) -> matching_service_pb2.StreamOffersResponse:
+            shown.discard(offer.offer_id)
+            # Still pending in the table but closed: its time is up (the sweep is behind).
+            status = OfferStatus.EXPIRED if offer.status is OfferStatus.PENDING else offer.status
+            return matching_service_pb2.StreamOffersResponse(
+                offer_closed=matching_pb2.OfferClosed(
+                    offer_id=offer.offer_id, status=_STATUS[status]
+                )
+            )
+
         with self._hub.listen(driver_id) as events:
             # Listening first, then what is pending: an offer made in between comes twice at
             # worst (apps key offers by id), never not at all.
             for offer in await self._offers.pending_for(driver_id):
-                yield matching_service_pb2.StreamOffersResponse(
-                    offer=offer_to_proto(offer, operator=False)
-                )
+                yield show(offer)
             while True:
                 text = await events.get()
+                if text == _RESYNC:
+                    # Events may have been lost: what is pending now, and what closed since.
+                    pending = await self._offers.pending_for(driver_id)
+                    for offer in pending:
+                        if offer.offer_id not in shown:
+                            yield show(offer)
+                    for offer_id in shown - {o.offer_id for o in pending}:
+                        made = await self._offers.get(offer_id)
+                        if made is not None:
+                            yield close(made)
+                    continue
                 closing = text.startswith(_CLOSED)
                 made = await self._offers.get(text.removeprefix(_CLOSED))
                 if made is None or made.driver_id != driver_id:
                     continue
-                if closing:
-                    yield matching_service_pb2.StreamOffersResponse(
-                        offer_closed=matching_pb2.OfferClosed(
-                            offer_id=made.offer_id, status=_STATUS[made.status]
-                        )
-                    )
-                else:
-                    yield matching_service_pb2.StreamOffersResponse(
-                        offer=offer_to_proto(made, operator=False)
-                    )
+                yield close(made) if closing else show(made)
 
     async def DispatchOrder(
         self,

@@ -22,6 +22,8 @@ from delivery.order.v1 import order_pb2, order_service_pb2
 from location_svc.server import build_server as build_location
 from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
+from matching_svc.service import OfferPush
+from matching_svc.store.offers import OfferStore
 from mesh import clock
 from mesh.auth import Role
 from mesh.breaker import BreakerSettings
@@ -31,6 +33,7 @@ from mesh.settings import Settings, StoreSettings
 from mesh.stores import Stores
 from mesh.testing import service_metadata, serving, settings_for_test
 from order_svc.server import build_server as build_order
+from order_svc.store.orders import OrderStore
 from tests.integration.marketplace import Caller, Market, details
 from tests.integration.rows import shop_order
 from tests.polling import eventually
@@ -459,3 +462,47 @@ async def test_the_customer_and_the_shop_see_where_dispatch_stands_and_nothing_m
             metadata=driver.metadata,
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_offer_events_lost_while_redis_dropped_the_subscription_still_reach_the_stream(
+    mesh: Mesh,
+) -> None:
+    """Pub/sub keeps nothing for a subscriber that is away: after the hub subscribes again,
+    each stream reads what is pending and what closed meanwhile."""
+    pool, redis = mesh.stores.pool, mesh.stores.redis
+    assert pool is not None and redis is not None
+    offers = OfferStore(pool, OrderStore(pool))
+    push = OfferPush(redis)
+    driver = await mesh.market.sign_up(common_pb2.ROLE_DRIVER)
+    first = await offers.create(
+        (await shop_order(pool, "confirmed", shop=mesh.shop)).order,
+        driver.user_id,
+        attempt=1,
+        ttl_s=60,
+    )
+    stream = mesh.matching.StreamOffers(
+        matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+    )
+    shown = await asyncio.wait_for(stream.read(), 10)
+    assert shown.offer.offer_id == first.offer_id
+    # Redis drops every subscriber; while the hub is away the first offer is withdrawn and a
+    # second made, and both messages go nowhere.
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    for withdrawn in await offers.withdraw_for_order(first.order_id):
+        await push.closed(withdrawn)
+    second = await offers.create(
+        (await shop_order(pool, "confirmed", shop=mesh.shop)).order,
+        driver.user_id,
+        attempt=1,
+        ttl_s=60,
+    )
+    await push.offered(second)
+    got = [await asyncio.wait_for(stream.read(), 20) for _ in range(2)]
+    stream.cancel()
+    assert {m.WhichOneof("event") for m in got} == {"offer", "offer_closed"}
+    for message in got:
+        if message.HasField("offer"):
+            assert message.offer.offer_id == second.offer_id
+        else:
+            assert message.offer_closed.offer_id == first.offer_id
+            assert message.offer_closed.status == matching_pb2.OFFER_STATUS_WITHDRAWN
