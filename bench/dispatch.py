@@ -28,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,7 +43,9 @@ from mesh.migrate import migrate
 from mesh.testing import bearer, spawn
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+#: A Redis database of the bench's own, emptied before each run: the services' event streams,
+#: consumer groups and geo index would otherwise meet the tests' (database 0).
+DEFAULT_REDIS = "redis://127.0.0.1:6379/9"
 CENTER = (48.137, 11.575)  # Munich
 SIDE_KM = 8.0
 STREAMS_PER_CHANNEL = 100
@@ -197,6 +200,9 @@ async def run(args: argparse.Namespace) -> None:
     await migrate(database_url)
     rnd = random.Random(args.seed)
     processes = []
+    scratch = redis.asyncio.Redis.from_url(args.redis_url)
+    await scratch.flushdb()
+    await scratch.aclose()
     try:
         drivers = await make_drivers(database_url, args.redis_url, args.drivers)
         total = int(args.rate * args.seconds)
@@ -329,7 +335,11 @@ def main() -> None:
     parser.add_argument(
         "--database-url", default=os.environ.get("DELIVERY_DATABASE_URL", DEFAULT_PG)
     )
-    parser.add_argument("--redis-url", default=os.environ.get("DELIVERY_REDIS_URL", DEFAULT_REDIS))
+    parser.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS,
+        help="a Redis database for the bench alone: it is emptied first",
+    )
     args = parser.parse_args()
     try:
         import uvloop
