@@ -97,6 +97,9 @@ async def build_server(
         group_start_id=group_start_id,
     )
     server.add_worker(consumer.run, consumer.stop)
+    # Once the workers are done with it: the background steps, then the channel.
+    server.on_stop.append(service.close)
+    server.on_stop.append(channel.close)
     return server
 
 

@@ -333,6 +333,12 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
     async def _run_due(self) -> None:
         await self._dispatcher.run_once()
 
+    async def close(self) -> None:
+        """Ends the steps still running in the background (the dispatch loop redoes any)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     def _spawn(self, work: object) -> None:
         async def guarded() -> None:
             try:

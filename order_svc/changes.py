@@ -63,8 +63,11 @@ async def assign_courier_in(
     *,
     reason: str,
     now: datetime,
+    actor_id: str | None = None,
+    actor_role: str = "system",
 ) -> Order:
-    """Assigns ``driver_id`` to the order within the transaction open on ``conn``.
+    """Assigns ``driver_id`` to the order within the transaction open on ``conn``; the history
+    names ``actor_id`` and ``actor_role`` (the courier who accepted an offer, say).
 
     The order's row stays locked until that transaction ends. Raises NOT_FOUND for an unknown
     order and FAILED_PRECONDITION when it has another courier (``COURIER_ALREADY_ASSIGNED``)
@@ -84,8 +87,8 @@ async def assign_courier_in(
     version = await orders.apply(
         order.id,
         change,
-        actor_id=None,
-        actor_role="system",
+        actor_id=actor_id,
+        actor_role=actor_role,
         now=now,
         event=event,
         notifications=notifications,

@@ -185,6 +185,9 @@ class OfferStore:
                     driver_id,
                     reason=f"offer {offer_id}",
                     now=datetime.now(UTC),
+                    # The courier took the order: the history says so.
+                    actor_id=driver_id,
+                    actor_role="driver",
                 )
                 await self._tell_stacked(conn, driver_id)
                 await conn.execute(

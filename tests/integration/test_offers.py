@@ -74,11 +74,13 @@ async def test_accepting_assigns_the_order_raises_the_load_and_announces_it(
     assert accepted.status is OfferStatus.ACCEPTED and accepted.responded_at is not None
     assert order.driver_id == driver
     assert await _state(pool, shop.order, driver) == (driver, 2, 1, 1)
-    history = await pool.fetchval(
-        "SELECT reason FROM order_status_history WHERE order_id = $1::uuid ORDER BY id DESC",
+    history = await pool.fetchrow(
+        "SELECT reason, actor_id::text, actor_role FROM order_status_history"
+        " WHERE order_id = $1::uuid ORDER BY id DESC",
         shop.order,
     )
-    assert history == f"offer {offer.offer_id}"
+    # The courier who accepted is on record, not an anonymous system.
+    assert tuple(history) == (f"offer {offer.offer_id}", driver, "driver")
     job = await pool.fetchval(
         "SELECT state FROM dispatch_jobs WHERE order_id = $1::uuid", shop.order
     )
