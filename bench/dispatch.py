@@ -166,7 +166,11 @@ class Couriers:
                 self.answers.append(
                     asyncio.create_task(self._answer(stub, token, offer.offer_id, accept))
                 )
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        except grpc.aio.AioRpcError as exc:
+            if not self._stop.is_set():
+                # A courier who cannot hear offers would skew every figure: say so.
+                print(f"offer stream of {driver} ended: {exc.code().name}", file=sys.stderr)
+        except asyncio.CancelledError:
             pass
 
     async def _answer(self, stub, token: str, offer_id: str, accept: bool) -> None:  # type: ignore[no-untyped-def]
@@ -258,6 +262,8 @@ async def run(args: argparse.Namespace) -> None:
                     center=common_pb2.LatLng(latitude=lat, longitude=lng),
                     radius_meters=2_000,
                     limit=20,
+                    # As dispatch asks: busy couriers too (they may take a stacked order).
+                    include_busy=True,
                 ),
                 metadata=matching_token,
             )
