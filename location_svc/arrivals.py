@@ -24,7 +24,6 @@ Redis keys (each courier's keys share the hash tag ``{<driver_id>}``, so a scrip
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -57,6 +56,7 @@ from mesh.events import (
     parse_payload,
     stream_for,
 )
+from mesh.pubsub import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -281,9 +281,16 @@ class ActiveOrders:
         self._tombstone_ttl_s = tombstone_ttl_s
         self._retry_delay_s = retry_delay_s
         self._entries: dict[str, _Entry] = {}
-        self._stopping = asyncio.Event()
+        self._listener = Listener(
+            redis,
+            self._heard,
+            channels=[self.channel],
+            on_subscribed=self._subscribed,
+            retry_s=retry_delay_s,
+            name="fence listener",
+        )
         #: Set once the listener has subscribed and loaded the couriers with fences.
-        self.ready = asyncio.Event()
+        self.ready = self._listener.ready
         #: Reads the order events (a worker; see :meth:`workers`).
         self.consumer = EventConsumer(
             redis,
@@ -300,8 +307,7 @@ class ActiveOrders:
         self.outdated = 0
         #: Change messages heard from the channel (this instance's own included).
         self.heard = 0
-        #: Redis errors the listener and the read-through recovered from.
-        self.errors = 0
+        self._load_errors = 0
 
     def fence_key(self, driver_id: str) -> str:
         """The hash of ``driver_id``'s fences and fired events."""
@@ -334,7 +340,7 @@ class ActiveOrders:
             try:
                 await self._load(stale)
             except Exception as err:
-                self.errors += 1
+                self._load_errors += 1
                 logger.warning("could not load fences: %r", err)
         return {
             d: e.view
@@ -468,26 +474,20 @@ class ActiveOrders:
 
     async def run(self) -> None:
         """Listens for changed couriers until :meth:`stop`, resubscribing after Redis errors."""
-        while not self._stopping.is_set():
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                # Subscribed first, loaded second: a change in between is heard, not missed.
-                await self._reload()
-                self.ready.set()
-                while not self._stopping.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self.heard += 1
-                        self.invalidate(_text(message["data"]))
-            except Exception as err:
-                self.errors += 1
-                logger.warning("fence listener error; resubscribing: %r", err)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._retry_delay_s)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        await self._listener.run()
+
+    def _heard(self, channel: str, driver_id: str) -> None:
+        self.heard += 1
+        self.invalidate(driver_id)
+
+    async def _subscribed(self, again: bool) -> None:
+        # Subscribed first, loaded second: a change in between is heard, not missed.
+        await self._reload()
+
+    @property
+    def errors(self) -> int:
+        """Redis errors the listener and the read-through recovered from."""
+        return self._listener.errors + self._load_errors
 
     async def _reload(self) -> None:
         members = await self._redis.smembers(self._registry)
@@ -496,7 +496,7 @@ class ActiveOrders:
 
     def stop(self) -> None:
         """Asks :meth:`run` to return."""
-        self._stopping.set()
+        self._listener.stop()
 
 
 @dataclass(slots=True)

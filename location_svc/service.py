@@ -38,6 +38,7 @@ from mesh import clock
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
 from mesh.geo import validate_location
+from mesh.pubsub import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -531,33 +532,16 @@ class StatusListener:
     old status; the stream's next fix moves the driver (it leaves the slot it last filed)."""
 
     def __init__(self, redis: Redis, service: LocationService) -> None:
-        self._redis = redis
         self._service = service
-        self._stopping = asyncio.Event()
+        self._listener = Listener(
+            redis, self._heard, channels=[STATUS_CHANNEL], name="status subscription"
+        )
+        self.run = self._listener.run
+        self.stop = self._listener.stop
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(STATUS_CHANNEL)
-                while not self._stopping.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    data = message["data"]
-                    text = data.decode() if isinstance(data, bytes) else str(data)
-                    try:
-                        driver_id, status, vehicle = text.split(" ")
-                        self._service.apply_status(driver_id, DriverStatus(status), vehicle)
-                    except ValueError:
-                        logger.warning("unreadable status change %r", text)
-            except Exception as exc:
-                logger.warning("status subscription lost: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
-    def stop(self) -> None:
-        self._stopping.set()
+    def _heard(self, channel: str, text: str) -> None:
+        try:
+            driver_id, status, vehicle = text.split(" ")
+            self._service.apply_status(driver_id, DriverStatus(status), vehicle)
+        except ValueError:
+            logger.warning("unreadable status change %r", text)

@@ -20,6 +20,7 @@ from mesh.auth import Role, current_principal
 from mesh.breaker import BreakerState, CircuitBreaker
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 from mesh.ids import canonical_uuid
+from mesh.pubsub import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +114,18 @@ class OfferHub:
     for each of thousands of couriers)."""
 
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
         self._streams: dict[str, set[asyncio.Queue[str]]] = {}
-        self._stopping = asyncio.Event()
+        self._listener = Listener(
+            redis,
+            self._heard,
+            patterns=[OFFER_CHANNEL.format("*")],
+            on_subscribed=self._subscribed,
+            name="offer subscription",
+        )
         #: Set once subscribed: events published from then on reach the streams.
-        self.ready = asyncio.Event()
+        self.ready = self._listener.ready
+        self.run = self._listener.run
+        self.stop = self._listener.stop
 
     @contextlib.contextmanager
     def listen(self, driver_id: str) -> Iterator[asyncio.Queue[str]]:
@@ -133,38 +141,16 @@ class OfferHub:
                 if not queues:
                     del self._streams[driver_id]
 
-    async def run(self) -> None:
-        prefix = OFFER_CHANNEL.format("")
-        while not self._stopping.is_set():
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.psubscribe(OFFER_CHANNEL.format("*"))
-                if self.ready.is_set():
-                    # Back after a loss: events published meanwhile are gone.
-                    for queues in self._streams.values():
-                        for queue in queues:
-                            queue.put_nowait(_RESYNC)
-                self.ready.set()
-                while not self._stopping.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None or message.get("type") != "pmessage":
-                        continue
-                    channel, data = message["channel"], message["data"]
-                    channel = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    text = data.decode() if isinstance(data, bytes) else str(data)
-                    for queue in self._streams.get(channel.removeprefix(prefix), ()):
-                        queue.put_nowait(text)
-            except Exception as exc:
-                # Redis away: streams keep their pending offers (sent on reconnect); retry.
-                logger.warning("offer subscription lost: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+    async def _subscribed(self, again: bool) -> None:
+        if again:
+            # Back after a loss: events published meanwhile are gone.
+            for queues in self._streams.values():
+                for queue in queues:
+                    queue.put_nowait(_RESYNC)
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def _heard(self, channel: str, text: str) -> None:
+        for queue in self._streams.get(channel.removeprefix(OFFER_CHANNEL.format("")), ()):
+            queue.put_nowait(text)
 
 
 class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
