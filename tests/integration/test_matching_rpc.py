@@ -81,6 +81,19 @@ class Mesh:
         assert self.stores.pool is not None
         return (await shop_order(self.stores.pool, "confirmed", shop=self.shop)).order
 
+    async def dispatched_to(self, driver: Caller) -> tuple[str, matching_pb2.Offer]:
+        """A new order, dispatched; the offer that reaches ``driver``'s stream."""
+        stream = self.matching.StreamOffers(
+            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
+        )
+        order = await self.order()
+        await self.matching.DispatchOrder(
+            matching_service_pb2.DispatchOrderRequest(order_id=order), metadata=self.as_order_svc
+        )
+        offered = await asyncio.wait_for(stream.read(), 10)
+        stream.cancel()
+        return order, offered.offer
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -266,17 +279,9 @@ async def test_a_couriers_load_follows_their_orders(mesh: Mesh) -> None:
         location = location_service_pb2_grpc.LocationServiceStub(channel)
         driver = await mesh.courier_near_shop(location, 200)
         other = await mesh.market.sign_up(common_pb2.ROLE_DRIVER)
-        stream = mesh.matching.StreamOffers(
-            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
-        )
-        order = await mesh.order()
-        await mesh.matching.DispatchOrder(
-            matching_service_pb2.DispatchOrderRequest(order_id=order), metadata=mesh.as_order_svc
-        )
-        offered = await asyncio.wait_for(stream.read(), 10)
-        stream.cancel()
+        order, offer = await mesh.dispatched_to(driver)
         await mesh.matching.AcceptOffer(
-            matching_service_pb2.AcceptOfferRequest(offer_id=offered.offer.offer_id),
+            matching_service_pb2.AcceptOfferRequest(offer_id=offer.offer_id),
             metadata=driver.metadata,
         )
     assert (await load(driver), await load(other)) == (1, 0)
@@ -406,18 +411,10 @@ async def test_a_couriers_status_follows_their_load(mesh: Mesh) -> None:
             )
             return driver.user_id in {d.driver_id for d in reply.drivers}
 
-        stream = mesh.matching.StreamOffers(
-            matching_service_pb2.StreamOffersRequest(), metadata=driver.metadata
-        )
-        order = await mesh.order()
-        await mesh.matching.DispatchOrder(
-            matching_service_pb2.DispatchOrderRequest(order_id=order), metadata=mesh.as_order_svc
-        )
-        offered = await asyncio.wait_for(stream.read(), 10)
-        stream.cancel()
+        order, offer = await mesh.dispatched_to(driver)
         assert await status() == common_pb2.DRIVER_STATUS_AVAILABLE
         await mesh.matching.AcceptOffer(
-            matching_service_pb2.AcceptOfferRequest(offer_id=offered.offer.offer_id),
+            matching_service_pb2.AcceptOfferRequest(offer_id=offer.offer_id),
             metadata=driver.metadata,
         )
         await eventually(is_status(common_pb2.DRIVER_STATUS_BUSY))
