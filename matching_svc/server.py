@@ -15,6 +15,7 @@ from matching_svc.triggers import OrderTriggers
 from mesh.auth import service_token
 from mesh.breaker import BreakerSettings, CircuitBreaker
 from mesh.events import EventConsumer, stream_for
+from mesh.metrics import BreakerCollector
 from mesh.server import (
     MeshServer,
     ServiceBinding,
@@ -75,6 +76,7 @@ async def build_server(
         SERVICE_NAME, service, matching_service_pb2_grpc.add_MatchingServiceServicer_to_server
     )
     server = build_mesh_server(settings, stores, [binding])
+    server.metrics.register(BreakerCollector("matching", [location_breaker]))
     server.add_worker(hub.run, hub.stop)
     loop = DispatchLoop(dispatcher, tick_s)
     server.add_worker(loop.run, loop.stop)

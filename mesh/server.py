@@ -18,11 +18,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from mesh.auth import SessionStore
 from mesh.interceptors import CallGate, MeshInterceptor
 from mesh.logs import configure_logging
-from mesh.settings import ServerSettings, Settings, env_int
+from mesh.metrics import MetricsEndpoint
+from mesh.settings import PREFIX, ServerSettings, Settings, env_int
 from mesh.stores import Stores, open_stores
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,12 @@ class MeshServer:
     )
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
+    #: What the service reports to Prometheus (served when ``settings.metrics_listen`` is set).
+    metrics: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+    #: The HTTP endpoint of :attr:`metrics`, once started.
+    metrics_endpoint: MetricsEndpoint | None = None
 
     def add_worker(
         self, run: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
@@ -71,6 +79,8 @@ class MeshServer:
     async def start(self) -> None:
         """Starts serving and its workers, and reports SERVING for the server and each service."""
         await self.server.start()
+        if self.settings.metrics_listen:
+            self.metrics_endpoint = MetricsEndpoint(self.metrics, self._metrics_address())
         for run, _ in self._workers:
             self._tasks.append(asyncio.create_task(run()))
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
@@ -106,6 +116,14 @@ class MeshServer:
                 await hook()
             except Exception:
                 logger.exception("a stop hook failed")
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+
+    def _metrics_address(self) -> str:
+        """The metrics address; worker N of several sharing a port serves on its port + N."""
+        host, _, port = self.settings.metrics_listen.rpartition(":")
+        worker = int(os.environ.get(f"{PREFIX}WORKER_INDEX", "0") or 0)
+        return f"{host}:{int(port) + worker if int(port) else 0}"
 
     async def _set_all(self, status: int) -> None:
         await self.health.set("", status)

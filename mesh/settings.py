@@ -150,6 +150,8 @@ class ServerSettings:
     workers: int = 1
     #: This process is one of several sharing the port (set by the supervisor, not by hand).
     reuse_port: bool = False
+    #: Where Prometheus metrics are served over HTTP (``host:port``; empty: not served).
+    metrics_listen: str = ""
 
     def server_options(self) -> list[tuple[str, int]]:
         """The grpc channel arguments for a server with these settings."""
@@ -179,6 +181,7 @@ class ServerSettings:
             keepalive=KeepaliveSettings.from_env(env),
             workers=max(1, env_int(env, f"{service.upper()}_WORKERS", cls.workers)),
             reuse_port=_get(env, "WORKER_INDEX") is not None,
+            metrics_listen=_get(env, f"{service.upper()}_METRICS_LISTEN") or "",
         )
 
 

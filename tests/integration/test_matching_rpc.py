@@ -7,9 +7,10 @@ import asyncio
 import math
 import random
 import socket
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from mesh.auth import Role
 from mesh.breaker import BreakerSettings
 from mesh.events import stream_for
 from mesh.geo import EARTH_RADIUS_M
+from mesh.server import MeshServer
 from mesh.settings import Settings, StoreSettings
 from mesh.stores import Stores
 from mesh.testing import service_metadata, serving, settings_for_test
@@ -50,6 +52,18 @@ class Mesh:
     matching: matching_service_pb2_grpc.MatchingServiceStub
     location_settings: Settings
     shop: tuple[float, float]
+    matching_server: MeshServer
+
+    async def metric(self, name: str) -> float:
+        """One sample of matching_svc's /metrics, scraped over HTTP."""
+        endpoint = self.matching_server.metrics_endpoint
+        assert endpoint is not None
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        for line in text.decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} not in {url}")
 
     @property
     def as_order_svc(self) -> tuple[tuple[str, str], ...]:
@@ -112,6 +126,11 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
 
     group = f"matching-{uuid.uuid4().hex[:8]}"
 
+    # Metrics over HTTP on a port of the system's choosing.
+    matching_settings = replace(
+        matching_settings, server=replace(matching_settings.server, metrics_listen="127.0.0.1:0")
+    )
+
     async def matching(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def]
         return await build_matching(
             settings,
@@ -128,7 +147,7 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
     try:
         async with (
             serving(build_order, order_settings, stores) as (_, order_channel),
-            serving(matching, matching_settings, stores) as (_, matching_channel),
+            serving(matching, matching_settings, stores) as (matching_server, matching_channel),
         ):
             yield Mesh(
                 Market(order_channel, stores, order_settings),
@@ -137,6 +156,7 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
                 matching_service_pb2_grpc.MatchingServiceStub(matching_channel),
                 location_settings,
                 (random.uniform(-50, 50), random.uniform(-170, 170)),
+                matching_server,
             )
     finally:
         assert stores.redis is not None
@@ -231,8 +251,10 @@ async def test_the_breaker_opens_while_location_is_away_and_orders_dispatch_once
         assert breaker.name == "location_svc"
         return int(breaker.state)
 
+    gauge = 'delivery_breaker_state{dependency="location_svc",service="matching"}'
     # Nothing answers on location_svc's address: searches fail until the breaker opens.
     await eventually(lambda: _is(breaker_state(), matching_pb2.BREAKER_STATE_OPEN))
+    assert await mesh.metric(gauge) == 1.0  # open, in the metrics too
 
     async def waiting() -> bool:
         # Other tests' jobs may fail first and open the breaker before this one's turn.
@@ -258,6 +280,7 @@ async def test_the_breaker_opens_while_location_is_away_and_orders_dispatch_once
         stream.cancel()
         assert offered.offer.order_id == order
         assert await breaker_state() == matching_pb2.BREAKER_STATE_CLOSED
+        assert await mesh.metric(gauge) == 0.0
 
 
 async def _is(value: object, expected: int) -> bool:
