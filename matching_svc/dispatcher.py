@@ -1,9 +1,10 @@
 """Sequential offers: find the best courier near the shop, offer, and on a refusal the next.
 
 One :meth:`Dispatcher.step` makes one offer for one order (or, finding nobody, schedules the next
-search): candidates come from location_svc's FindNearbyDrivers, through a circuit breaker,
-widening the radius in steps until someone is there; couriers who declined or let this order's
-offer expire are left out, as are those at their cap; the rest are scored
+search): candidates come from location_svc's FindNearbyDrivers (busy couriers included),
+through a circuit breaker, widening the radius in steps until someone is there; couriers who
+declined or let this order's offer expire are left out, as are those at their cap and those
+carrying orders this one does not fit (:mod:`matching_svc.domain.stacking`); the rest are scored
 (:mod:`matching_svc.domain.scoring`) and the best who holds no other pending offer gets this
 one. The offer and the job's new state are one transaction. After ``max_attempts`` offers (or
 empty searches) without an accept, the customer is told no courier is available and the job
