@@ -162,6 +162,11 @@ class Ingest:
         entries: list[tuple[IndexEntry, str | None]] = []
         entry_shards: list[str] = []
         publishes: list[tuple[str, bytes]] = []
+        # The index takes each driver's last update of the tick, from the slot the driver was
+        # in before the tick: a removal queued for one update must not run before the filing
+        # of an earlier one (a status change between two fixes of one tick).
+        latest: dict[str, Update] = {}
+        before_tick: dict[str, str] = {}
         for update in batch:
             fix = update.fix
             packed = pack_position(fix, update.received_ms)
@@ -175,23 +180,24 @@ class Ingest:
                     update.previous_shard,
                 )
             )
-            if update.shard:
-                # Presence is judged by the server's clock, not the phone's.
-                entries.append(
-                    (
-                        IndexEntry(
-                            update.driver_id, fix.lat, fix.lng, update.vehicle, update.received_ms
-                        ),
-                        update.previous_shard or None,
-                    )
-                )
-                entry_shards.append(update.shard)
-            elif update.previous_shard:
-                # Offline drivers are not dispatchable: out of the index at once.
-                self.index.queue_remove(pipe, update.driver_id, update.previous_shard)
+            prior = latest.get(update.driver_id)
+            if prior is not None:
+                before_tick.setdefault(update.driver_id, prior.previous_shard)
+            latest[update.driver_id] = update
             if update.driver_id in watched:
                 publishes.append((POSITION_CHANNEL.format(update.driver_id), packed))
             stored.append(update)
+        for driver_id, update in latest.items():
+            previous = before_tick.get(driver_id, update.previous_shard)
+            if update.shard:
+                # Presence is judged by the server's clock, not the phone's.
+                fix = update.fix
+                entry = IndexEntry(driver_id, fix.lat, fix.lng, update.vehicle, update.received_ms)
+                entries.append((entry, previous or None))
+                entry_shards.append(update.shard)
+            elif previous:
+                # Offline drivers are not dispatchable: out of the index at once.
+                self.index.queue_remove(pipe, driver_id, previous)
         self.drivers.queue_positions(pipe, positions)
         self.index.queue_upserts(pipe, entries, entry_shards)
         try:

@@ -129,6 +129,14 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             session.status = status
             session.vehicle = vehicle
 
+    async def reload_statuses(self) -> None:
+        """Reads the status of every driver with an open stream here again (changes made while
+        this instance was not listening never reached it)."""
+        for driver_id in list(self._sessions):
+            record = await self._drivers.load(driver_id)
+            if record is not None:
+                self.apply_status(driver_id, record.status, record.vehicle)
+
     async def _driver(self, principal: Principal) -> DriverRecord:
         principal.require(Role.DRIVER)
         record = await self._drivers.load(principal.subject)
@@ -528,16 +536,25 @@ def _index_of(dropped: location_pb2.DroppedFix) -> int:
 
 class StatusListener:
     """Hands status changes made through any instance to this instance's open streams (one
-    subscription per process). A fix in flight during the change may still be filed by the
-    old status; the stream's next fix moves the driver (it leaves the slot it last filed)."""
+    subscription per process; after a lost one, the open streams' statuses are read again). A
+    fix in flight during the change may still be filed by the old status; the stream's next
+    fix moves the driver (it leaves the slot it last filed)."""
 
     def __init__(self, redis: Redis, service: LocationService) -> None:
         self._service = service
         self._listener = Listener(
-            redis, self._heard, channels=[STATUS_CHANNEL], name="status subscription"
+            redis,
+            self._heard,
+            channels=[STATUS_CHANNEL],
+            on_subscribed=self._subscribed,
+            name="status subscription",
         )
         self.run = self._listener.run
         self.stop = self._listener.stop
+
+    async def _subscribed(self, again: bool) -> None:
+        if again:
+            await self._service.reload_statuses()
 
     def _heard(self, channel: str, text: str) -> None:
         try:

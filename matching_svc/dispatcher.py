@@ -16,6 +16,7 @@ step their orders and every due job) resumes after a crash exactly where the las
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -244,6 +245,23 @@ class Dispatcher:
                 "could not tell courier %s about offer %s: %s", offer.driver_id, offer.offer_id, exc
             )
 
+    async def _nearby(
+        self, ctx: JobContext, radius: float, limit: int, *, busy: bool
+    ) -> list[Nearby]:
+        """The nearest couriers to the shop: the available ones, and with ``busy`` the nearest
+        of all besides, in two searches, so that busy couriers (often at their cap, or going
+        the wrong way) never crowd available ones out of the answer."""
+        at = (ctx.pickup_lat, ctx.pickup_lng)
+        if not busy:
+            return await self._locator.nearby(*at, radius, limit)
+        free, both = await asyncio.gather(
+            self._locator.nearby(*at, radius, limit),
+            self._locator.nearby(*at, radius, limit, include_busy=True),
+        )
+        merged = {n.driver_id: n for n in free}
+        merged.update((n.driver_id, n) for n in both)
+        return sorted(merged.values(), key=lambda n: (n.distance_m, n.driver_id))
+
     def _stack_factors(self, plan: StackPlan) -> dict[str, tuple[float, float]]:
         """What a stacked offer costs, for operators (recorded beside the score, not weighed:
         0 is the bound, 1 nothing at all)."""
@@ -260,21 +278,21 @@ class Dispatcher:
 
         The radius widens until someone is left after the filters: couriers who answered this
         order before (declined, let it expire, or accepted and were taken off), couriers at
-        their cap, couriers holding another pending offer, couriers busy with nothing of ours,
-        and couriers carrying orders that this one does not fit (:mod:`.domain.stacking`).
+        their cap, couriers holding another pending offer, and couriers carrying orders that
+        this one does not fit (:mod:`.domain.stacking`). A courier is judged by their load,
+        not by their status: one shown busy who carries nothing (a status update that went
+        astray) is a courier like any other.
         """
         left_out = await self._offers.answered_by(ctx.order_id)
         stacking = self.rules.stacking
         radius = self.rules.radii_m[-1]
+        limit = self.rules.candidates + len(left_out)
         for radius in self.rules.radii_m:
-            near = await self._locator.nearby(
-                ctx.pickup_lat,
-                ctx.pickup_lng,
-                radius,
-                self.rules.candidates + len(left_out),
-                include_busy=stacking.enabled,
-            )
-            found = [n for n in near if n.driver_id not in left_out][: self.rules.candidates]
+            found = [
+                n
+                for n in await self._nearby(ctx, radius, limit, busy=stacking.enabled)
+                if n.driver_id not in left_out
+            ]
             if not found:
                 continue
             stats = await self._offers.stats(
@@ -309,9 +327,6 @@ class Dispatcher:
                     if plan is None:
                         continue
                     plans[n.driver_id] = plan
-                elif n.busy:
-                    # Busy with nothing of ours (another job, say): left alone.
-                    continue
                 candidates.append(
                     Candidate(
                         driver_id=n.driver_id,

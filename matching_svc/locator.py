@@ -72,23 +72,26 @@ class LocationLocator:
 
 
 class CourierStatus:
-    """Keeps a courier's status in step with their load: busy once assigned, available again
-    when the last order they carry is delivered, cancelled or taken off them (unless they went
-    offline meanwhile). Best effort: dispatch never relies on it (it asks for busy couriers as
-    well and judges each by their load), so a failure is logged, not retried."""
+    """Keeps a courier's status in step with their load, as PostgreSQL has it when an order
+    event arrives (so a repeated or late event changes nothing): busy while they carry orders,
+    available again once they carry none, and never out of offline, which is the courier's own
+    choice. Best effort: dispatch never relies on it (it asks for busy couriers as well and
+    judges each by their load), so a failure is logged, not retried."""
 
     def __init__(self, pool: asyncpg.Pool, locator: LocationLocator) -> None:
         self._pool = pool
         self._locator = locator
 
-    async def assigned(self, driver_id: str) -> None:
-        await self._set(driver_id, common_pb2.DRIVER_STATUS_BUSY, "busy")
-
-    async def released(self, driver_id: str) -> None:
+    async def follow(self, driver_id: str) -> None:
+        """Sets the courier busy or available by their current load (offline stays)."""
         row = await self._pool.fetchrow(
             "SELECT status, active_order_count FROM drivers WHERE id = $1::uuid", driver_id
         )
-        if row is not None and row["status"] == "busy" and row["active_order_count"] == 0:
+        if row is None or row["status"] == "offline":
+            return
+        if row["active_order_count"] > 0 and row["status"] != "busy":
+            await self._set(driver_id, common_pb2.DRIVER_STATUS_BUSY, "busy")
+        elif row["active_order_count"] == 0 and row["status"] == "busy":
             await self._set(driver_id, common_pb2.DRIVER_STATUS_AVAILABLE, "available")
 
     async def _set(self, driver_id: str, status: common_pb2.DriverStatus, name: str) -> None:

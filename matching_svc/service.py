@@ -268,6 +268,8 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
         if order_id is None:
             raise InvalidArgument(FieldViolation("order_id", "must be an order id (a UUID)"))
         if principal.role in (Role.SERVICE, Role.ADMIN):
+            # The full view (who was offered what, and why) is for order_svc and operators.
+            principal.require_service("order")
             status = await self._status(order_id, operator=True)
         elif principal.role in (Role.CUSTOMER, Role.MERCHANT):
             # The order's customer and its shop's owner see where the search stands, not who

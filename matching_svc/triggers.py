@@ -76,19 +76,18 @@ class OrderTriggers:
         await self._follow_load(message)
 
     async def _follow_load(self, message: order_events_pb2.OrderEvent) -> None:
-        """A courier's status follows their load (see :class:`CourierStatus`)."""
+        """A courier's status follows their load (see :class:`CourierStatus`): the courier an
+        order came to, and the one it left (reassigned, taken off, delivered, cancelled)."""
         if self._couriers is None:
             return
         kind = message.type
-        if kind == ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED and message.driver_id:
-            await self._couriers.assigned(message.driver_id)
-        elif kind == ET.ORDER_EVENT_TYPE_COURIER_UNASSIGNED and message.previous_driver_id:
-            await self._couriers.released(message.previous_driver_id)
-        elif (
-            kind in (ET.ORDER_EVENT_TYPE_DELIVERED, ET.ORDER_EVENT_TYPE_CANCELLED)
-            and message.driver_id
-        ):
-            await self._couriers.released(message.driver_id)
+        couriers: list[str] = []
+        if kind in (ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED, ET.ORDER_EVENT_TYPE_COURIER_UNASSIGNED):
+            couriers = [message.driver_id, message.previous_driver_id]
+        elif kind in (ET.ORDER_EVENT_TYPE_DELIVERED, ET.ORDER_EVENT_TYPE_CANCELLED):
+            couriers = [message.driver_id]
+        for driver_id in dict.fromkeys(d for d in couriers if d):
+            await self._couriers.follow(driver_id)
 
     async def _withdraw(self, order_id: str) -> None:
         for offer in await self._offers.withdraw_for_order(order_id):

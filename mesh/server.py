@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from mesh.auth import SessionStore
 from mesh.interceptors import CallGate, MeshInterceptor
 from mesh.logs import configure_logging
-from mesh.metrics import MetricsEndpoint
+from mesh.metrics import MetricsEndpoint, new_registry
 from mesh.settings import PREFIX, ServerSettings, Settings, env_int
 from mesh.stores import Stores, open_stores
 
@@ -64,9 +64,7 @@ class MeshServer:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
     #: What the service reports to Prometheus (served when ``settings.metrics_listen`` is set).
-    metrics: CollectorRegistry = field(
-        default_factory=lambda: CollectorRegistry(auto_describe=True)
-    )
+    metrics: CollectorRegistry = field(default_factory=new_registry)
     #: The HTTP endpoint of :attr:`metrics`, once started.
     metrics_endpoint: MetricsEndpoint | None = None
 

@@ -205,14 +205,15 @@ class OfferStore:
         their courier has another drop on the way (in the accept's transaction)."""
         await conn.execute(
             """
+            WITH carried AS (
+                SELECT id, customer_id FROM orders
+                 WHERE driver_id = $1::uuid AND status NOT IN ('delivered', 'cancelled'))
             INSERT INTO notifications (recipient_id, order_id, type, title, body, data)
-            SELECT o.customer_id, o.id, 'courier_has_another_drop', $2, $3,
-                   jsonb_build_object('orders_carried', count(*) OVER ())
-              FROM orders o
-             WHERE o.driver_id = $1::uuid AND o.status NOT IN ('delivered', 'cancelled')
-               AND (SELECT count(*) FROM orders c
-                     WHERE c.driver_id = $1::uuid
-                       AND c.status NOT IN ('delivered', 'cancelled')) > 1
+            SELECT c.customer_id, c.id, 'courier_has_another_drop', $2, $3,
+                   jsonb_build_object('orders_carried', (SELECT count(*) FROM carried))
+              FROM carried c
+             WHERE c.customer_id IS NOT NULL  -- an account deleted since: nobody to tell
+               AND (SELECT count(*) FROM carried) > 1
             """,
             driver_id,
             STACKED_TITLE,

@@ -308,11 +308,10 @@ async def test_a_courier_with_an_order_on_the_way_is_offered_a_second_one_stacke
 
 async def test_couriers_the_order_does_not_fit_are_passed_over(rig: Rig) -> None:
     # Nearest: carrying an order 3 km north while this one goes 3 km south (the first customer
-    # would wait far too long, or the detour would be); then a courier busy with nothing of
-    # ours; then one at their cap. The idle courier further out gets the offer, unstacked.
+    # would wait far too long, or the detour would be); then one at their cap. The idle
+    # courier further out gets the offer, unstacked.
     wrong_way = await rig.courier_at(100)
     await rig.carrying(wrong_way, 3_000)
-    await rig.courier_at(150, busy=True)
     full = await rig.courier_at(200)
     await rig.carrying(full, 500)
     await rig.carrying(full, 600)
@@ -331,3 +330,26 @@ async def test_with_stacking_off_a_loaded_courier_is_never_offered(rig: Rig) -> 
     assert await rig.dispatcher.step(order) is None
     job = await rig.jobs.context(order)
     assert job is not None and job.state == "waiting_for_retry"
+
+
+async def test_busy_couriers_never_crowd_available_ones_out_of_the_search(rig: Rig) -> None:
+    # Three couriers at their cap stand right at the shop; the search takes two candidates.
+    # The available courier further out must still be found (and get the offer).
+    rig.dispatcher.rules = replace(rig.dispatcher.rules, candidates=2)
+    for metres in (10, 20, 30):
+        full = await rig.courier_at(metres, busy=True)
+        await rig.carrying(full, 500)
+        await rig.carrying(full, 600)
+    idle = await rig.courier_at(1_200)
+    order = await rig.order(door_north=1_000)
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == idle
+
+
+async def test_a_courier_shown_busy_who_carries_nothing_is_offered_like_anyone(rig: Rig) -> None:
+    # Their status update after the last delivery went astray: judged by load, not by flag.
+    stale = await rig.courier_at(100, busy=True)
+    await rig.courier_at(900)
+    order = await rig.order()
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == stale and not offer.stacked

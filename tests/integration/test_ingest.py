@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from location_svc.domain.fixes import Fix
@@ -75,3 +76,44 @@ async def test_a_slow_stored_hook_holds_up_no_tick(stores: Stores) -> None:
         await running
         await redis.delete(*(driver_key(d) for d in drivers))
         await redis.hdel(position_key(shard_of(*SPOT)), *drivers)  # type: ignore[misc]
+
+
+async def test_a_status_change_between_two_fixes_of_one_tick_leaves_the_index_right(
+    stores: Stores,
+) -> None:
+    """Filed as available by the first fix, off the index by the second (the courier went
+    offline in between), in one pipeline: the driver ends up off the index."""
+    assert stores.redis is not None and stores.pool is not None
+    redis, pool = stores.redis, stores.pool
+    tag = uuid.uuid4().hex[:8]
+    index = DriverIndex(redis, prefix=f"t{tag}")
+    ingest = Ingest(redis, index, DriverStore(redis, pool), HistoryWriter(pool))
+    driver = f"ingest-{tag}"
+    shard = shard_of(*SPOT)
+    now = int(time.time() * 1000)
+    first = Fix(SPOT[0], SPOT[1], 5.0, 0.0, 0.0, now - 1_000, 1)
+    second = Fix(SPOT[0], SPOT[1], 5.0, 0.0, 0.0, now, 2)
+    try:
+        # Both fixes submitted before the tick runs: one pipeline carries them.
+        ingest.submit(
+            Update(driver, first, DriverStatus.AVAILABLE, "car", "", shard, now, None, shard, "")
+        )
+        done = ingest.submit(
+            Update(driver, second, DriverStatus.OFFLINE, "car", shard, "", now, None, shard, shard)
+        )
+        await ingest.flush()
+        await done
+        assert await index.find_nearby(*SPOT, 1_000, 5, include_busy=True) == []
+        # And the plain case still files: one available fix, found.
+        third = Fix(SPOT[0], SPOT[1], 5.0, 0.0, 0.0, now + 1, 3)
+        ingest.submit(
+            Update(driver, third, DriverStatus.AVAILABLE, "car", "", shard, now, None, shard, shard)
+        )
+        await ingest.flush()
+        assert [n.driver_id for n in await index.find_nearby(*SPOT, 1_000, 5)] == [driver]
+    finally:
+        pipe = redis.pipeline(transaction=False)
+        index.queue_remove(pipe, driver, shard)
+        await pipe.execute()
+        await redis.delete(driver_key(driver))
+        await redis.hdel(position_key(shard), driver)  # type: ignore[misc]

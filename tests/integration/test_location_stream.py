@@ -12,17 +12,21 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
+from redis.asyncio import RedisCluster
 
 from delivery.common.v1 import common_pb2
 from delivery.location.v1 import location_pb2, location_service_pb2, location_service_pb2_grpc
+from location_svc.domain.presence import DriverStatus
 from location_svc.server import build_server as build_location
 from location_svc.service import LocationPolicy
+from location_svc.store.drivers import DriverStore
 from mesh.geo import EARTH_RADIUS_M
 from mesh.settings import StoreSettings
 from mesh.stores import Stores
 from mesh.testing import serving, settings_for_test
 from order_svc.server import build_server as build_order
 from tests.integration.marketplace import Caller, Market, details, on_redis
+from tests.polling import eventually
 
 TTL_S = 2.0
 
@@ -304,6 +308,48 @@ async def test_a_status_change_reaches_the_open_stream_and_busy_couriers_are_fou
     assert courier.user_id in await _statuses(world, lat, lng, include_busy=False)
     await stream.close()
     assert await stream.call.code() == grpc.StatusCode.OK
+
+
+async def test_a_status_change_missed_while_redis_dropped_the_subscription_still_applies(
+    world: World,
+) -> None:
+    """Pub/sub keeps nothing for an absent subscriber: after subscribing again, the instance
+    reads its open streams' statuses afresh."""
+    courier = await _available_driver(world)
+    lat, lng = _spot()
+    stream = Stream(world, courier)
+    sent = 0
+
+    async def fix() -> None:
+        nonlocal sent
+        sent += 1
+        await stream.send(_fix(*_north(lat, lng, sent), seq=sent))
+        await stream.ack()
+
+    await fix()
+    assert courier.user_id in await _nearby(world, lat, lng)
+    assert world.stores.pool is not None and world.stores.redis is not None
+    # Another instance takes the courier offline while this one's subscription is gone: its
+    # message is lost (here: written as that instance would, then every subscriber dropped).
+    await DriverStore(world.stores.redis, world.stores.pool).set_status(
+        courier.user_id, DriverStatus.OFFLINE, None
+    )
+    await world.stores.redis.client_kill_filter(_type="pubsub", **_everywhere(world.stores.redis))
+
+    async def gone() -> bool:
+        await fix()
+        return courier.user_id not in await _nearby(world, lat, lng)
+
+    # Until the listener is back, fixes still file the courier; after, they never do.
+    await eventually(gone, every_s=0.2)
+    await fix()
+    assert courier.user_id not in await _nearby(world, lat, lng)
+    await stream.close()
+
+
+def _everywhere(redis: object) -> dict[str, object]:
+    """A command's routing to every node of a cluster (nothing for a single Redis)."""
+    return {"target_nodes": RedisCluster.ALL_NODES} if isinstance(redis, RedisCluster) else {}
 
 
 async def test_a_replayed_backlog_goes_to_history_without_moving_the_driver(

@@ -255,6 +255,7 @@ async def test_the_breaker_opens_while_location_is_away_and_orders_dispatch_once
     # Nothing answers on location_svc's address: searches fail until the breaker opens.
     await eventually(lambda: _is(breaker_state(), matching_pb2.BREAKER_STATE_OPEN))
     assert await mesh.metric(gauge) == 1.0  # open, in the metrics too
+    assert await mesh.metric("process_resident_memory_bytes") > 0  # and the process's own
 
     async def waiting() -> bool:
         # Other tests' jobs may fail first and open the breaker before this one's turn.
@@ -405,21 +406,21 @@ async def test_a_confirmed_order_is_dispatched_by_its_event_and_a_cancelled_one_
 
 async def test_a_couriers_status_follows_their_load(mesh: Mesh) -> None:
     """Busy once assigned (out of the plain search, found when busy couriers are asked for),
-    available again when their last order is cancelled."""
+    available again when the order goes to another courier (who turns busy), and that one
+    available again when the order is cancelled."""
     async with serving(build_location, mesh.location_settings, mesh.stores) as (_, channel):
         location = location_service_pb2_grpc.LocationServiceStub(channel)
         driver = await mesh.courier_near_shop(location, 200)
+        other = await mesh.courier_near_shop(location, 400)
+        as_matching = service_metadata(mesh.location_settings, "matching")
 
-        async def status() -> int:
-            reply = await location.GetDriverLocation(
-                location_service_pb2.GetDriverLocationRequest(driver_id=driver.user_id),
-                metadata=service_metadata(mesh.location_settings, "matching"),
-            )
-            return reply.location.status
-
-        def is_status(wanted: int):  # type: ignore[no-untyped-def]
+        def has_status(who: Caller, wanted: int):  # type: ignore[no-untyped-def]
             async def check() -> bool:
-                return await status() == wanted
+                reply = await location.GetDriverLocation(
+                    location_service_pb2.GetDriverLocationRequest(driver_id=who.user_id),
+                    metadata=as_matching,
+                )
+                return reply.location.status == wanted
 
             return check
 
@@ -430,28 +431,37 @@ async def test_a_couriers_status_follows_their_load(mesh: Mesh) -> None:
                     radius_meters=1_000,
                     include_busy=include_busy,
                 ),
-                metadata=service_metadata(mesh.location_settings, "matching"),
+                metadata=as_matching,
             )
             return driver.user_id in {d.driver_id for d in reply.drivers}
 
         order, offer = await mesh.dispatched_to(driver)
-        assert await status() == common_pb2.DRIVER_STATUS_AVAILABLE
+        assert await has_status(driver, common_pb2.DRIVER_STATUS_AVAILABLE)()
         await mesh.matching.AcceptOffer(
             matching_service_pb2.AcceptOfferRequest(offer_id=offer.offer_id),
             metadata=driver.metadata,
         )
-        await eventually(is_status(common_pb2.DRIVER_STATUS_BUSY))
+        await eventually(has_status(driver, common_pb2.DRIVER_STATUS_BUSY))
         assert not await found(include_busy=False) and await found(include_busy=True)
 
         admin = await mesh.market.admin()
+        await mesh.market.orders.ReassignOrder(
+            order_service_pb2.ReassignOrderRequest(
+                order_id=order, reason="closer courier", new_driver_id=other.user_id
+            ),
+            metadata=admin.metadata,
+        )
+        await eventually(has_status(other, common_pb2.DRIVER_STATUS_BUSY))
+        await eventually(has_status(driver, common_pb2.DRIVER_STATUS_AVAILABLE))
+        assert await found(include_busy=False)
+
         await mesh.market.orders.CancelOrder(
             order_service_pb2.CancelOrderRequest(
                 order_id=order, reason=order_pb2.CANCEL_REASON_OTHER, note="test"
             ),
             metadata=admin.metadata,
         )
-        await eventually(is_status(common_pb2.DRIVER_STATUS_AVAILABLE))
-        assert await found(include_busy=False)
+        await eventually(has_status(other, common_pb2.DRIVER_STATUS_AVAILABLE))
 
 
 async def test_the_customer_and_the_shop_see_where_dispatch_stands_and_nothing_more(
