@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import math
@@ -111,6 +112,8 @@ class Couriers:
         #: Set once every order has had an offer.
         self.everyone = asyncio.Event()
         self.offers_seen = 0
+        #: Offer streams that ended early and were opened again, by status code.
+        self.reconnects: collections.Counter[str] = collections.Counter()
         self.answers: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         groups = range(0, len(drivers), STREAMS_PER_CHANNEL)
@@ -151,29 +154,35 @@ class Couriers:
             pass
 
     async def _offers(self, stub, driver: str, token: str) -> None:  # type: ignore[no-untyped-def]
-        call = stub.StreamOffers(matching_service_pb2.StreamOffersRequest(), metadata=bearer(token))
-        try:
-            async for message in call:
-                if message.WhichOneof("event") != "offer":
-                    continue
-                now = time.perf_counter()
-                offer = message.offer
-                self.offers_seen += 1
-                self.first_offer.setdefault(offer.order_id, now)
-                if len(self.first_offer) == len(self.shops):
-                    self.everyone.set()
-                pickup = self.shops.get(offer.order_id)
-                distance = haversine_m(*self.positions[driver], *pickup) if pickup else 0.0
-                accept = self.rnd.random() < (0.9 if distance < 1_500 else 0.4)
-                self.answers.append(
-                    asyncio.create_task(self._answer(stub, token, offer.offer_id, accept))
-                )
-        except grpc.aio.AioRpcError as exc:
-            if not self._stop.is_set():
-                # A courier who cannot hear offers would skew every figure: say so.
-                print(f"offer stream of {driver} ended: {exc.code().name}", file=sys.stderr)
-        except asyncio.CancelledError:
-            pass
+        """The courier's offer stream, opened again after an error as the app would (a
+        reconnecting app gets its pending offer again); every reconnection is counted."""
+        while not self._stop.is_set():
+            call = stub.StreamOffers(
+                matching_service_pb2.StreamOffersRequest(), metadata=bearer(token)
+            )
+            try:
+                async for message in call:
+                    if message.WhichOneof("event") != "offer":
+                        continue
+                    self._offered(stub, driver, token, message.offer)
+            except grpc.aio.AioRpcError as exc:
+                if self._stop.is_set():
+                    return
+                self.reconnects[exc.code().name] += 1
+                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                return
+
+    def _offered(self, stub, driver: str, token: str, offer) -> None:  # type: ignore[no-untyped-def]
+        now = time.perf_counter()
+        self.offers_seen += 1
+        self.first_offer.setdefault(offer.order_id, now)
+        if len(self.first_offer) == len(self.shops):
+            self.everyone.set()
+        pickup = self.shops.get(offer.order_id)
+        distance = haversine_m(*self.positions[driver], *pickup) if pickup else 0.0
+        accept = self.rnd.random() < (0.9 if distance < 1_500 else 0.4)
+        self.answers.append(asyncio.create_task(self._answer(stub, token, offer.offer_id, accept)))
 
     async def _answer(self, stub, token: str, offer_id: str, accept: bool) -> None:  # type: ignore[no-untyped-def]
         await asyncio.sleep(self.rnd.uniform(0.2, 1.0))  # a courier reads before tapping
@@ -325,6 +334,10 @@ async def run(args: argparse.Namespace) -> None:
             f"  matched on the first offer              {first} of {len(orders)} "
             f"({first / len(orders):.0%}); assigned in all {assigned}"
         )
+        if couriers.reconnects:
+            # Seen now and then on this box: streams of the client ending CANCELLED while the
+            # 2,000 open at once, before the server has them. An app opens its stream again.
+            print(f"  offer streams opened again             {dict(couriers.reconnects)}")
         print("reproduce: .venv/bin/python bench/dispatch.py " + " ".join(sys.argv[1:]))
     finally:
         # matching_svc first: it calls location_svc until it stops.
