@@ -323,6 +323,7 @@ class Dispatcher:
                         (ctx.pickup_lat, ctx.pickup_lng),
                         (ctx.dropoff_lat, ctx.dropoff_lng),
                         stacking,
+                        ready_s=ctx.ready_in_s,
                     )
                     if plan is None:
                         continue

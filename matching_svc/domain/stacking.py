@@ -9,9 +9,11 @@ for its pickup and, later, its drop-off keeps two costs within bounds:
 - the delay of every customer already waiting: how much later their drop-off comes.
 
 Of the places that fit, the one with the shortest route wins (cheapest insertion, the usual
-first step of dial-a-ride heuristics; the courier's current order of stops is kept). Travel
-times are straight-line estimates (haversine times a road factor, at a courier's typical speed)
-until the route planner of the tracking service exists.
+first step of dial-a-ride heuristics; the courier's current order of stops is kept). A courier
+who reaches a shop before its food is ready waits there, with the orders in the bag: a stack
+whose food is far from ready costs its waiting customers that wait. Travel times are
+straight-line estimates (haversine times a road factor, at a courier's typical speed) until
+the route planner of the tracking service exists.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Carried:
     order_id: str
     pickup: Point | None
     dropoff: Point
+    #: When the food is expected ready, in seconds from now (0: ready, or picked up).
+    ready_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,9 @@ class Stop:
     #: "pickup" or "dropoff".
     kind: str
     at: Point
+    #: A pickup is left no earlier than this, in seconds from now (the food is not ready
+    #: before): a courier early at the shop waits there.
+    ready_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +93,9 @@ class StackPlan:
 def route_of(carried: list[Carried], start: Point, rules: StackingRules) -> list[Stop]:
     """The courier's remaining stops, as a courier would drive them: the pickups still to make,
     nearest first, then the drop-offs, nearest first (each from the stop before)."""
-    pickups = [Stop(c.order_id, "pickup", c.pickup) for c in carried if c.pickup is not None]
+    pickups = [
+        Stop(c.order_id, "pickup", c.pickup, c.ready_s) for c in carried if c.pickup is not None
+    ]
     dropoffs = [Stop(c.order_id, "dropoff", c.dropoff) for c in carried]
     route: list[Stop] = []
     here = start
@@ -101,10 +110,11 @@ def route_of(carried: list[Carried], start: Point, rules: StackingRules) -> list
 
 
 def _arrivals(start: Point, route: list[Stop], rules: StackingRules) -> list[float]:
-    """Seconds from now at which each stop of ``route`` is reached."""
+    """Seconds from now at which each stop of ``route`` is left (a pickup no earlier than its
+    food is ready)."""
     times, here, elapsed = [], start, 0.0
     for stop in route:
-        elapsed += rules.travel_s(here, stop.at)
+        elapsed = max(elapsed + rules.travel_s(here, stop.at), stop.ready_s)
         times.append(elapsed)
         here = stop.at
     return times
@@ -117,9 +127,13 @@ def plan_stack(
     pickup: Point,
     dropoff: Point,
     rules: StackingRules,
+    *,
+    ready_s: float = 0.0,
 ) -> StackPlan | None:
     """The cheapest place for the new order in the courier's route within the rules, or None.
 
+    ``ready_s``: when the new order's food is expected ready, in seconds from now; a courier
+    who would reach the shop earlier waits there, and the customers in the bag wait with them.
     With nothing carried it is the plain trip (courier to shop to door) with no detour.
     """
     route = route_of(carried, courier, rules)
@@ -133,7 +147,7 @@ def plan_stack(
     total_before = before[-1] if before else 0.0
     dropped_at = {s.order_id: t for s, t in zip(route, before, strict=True) if s.kind == "dropoff"}
     own_trip = rules.travel_s(pickup, dropoff)
-    new_pickup = Stop(order_id, "pickup", pickup)
+    new_pickup = Stop(order_id, "pickup", pickup, ready_s)
     new_dropoff = Stop(order_id, "dropoff", dropoff)
     best: StackPlan | None = None
     best_total = math.inf

@@ -25,6 +25,15 @@ _TAKEABLE = """
                               WHERE o.order_id = j.order_id AND o.status = 'pending')))
 """
 _RELEASED = "lease_owner = NULL, lease_expires_at = NULL"
+#: SQL: when the food of order ``o`` is expected ready, in seconds from now (0 once it is, or
+#: when it is overdue): confirmation plus the shop's preparation estimate.
+READY_IN_S = """
+    CASE WHEN o.status IN ('ready_for_pickup', 'picked_up') THEN 0
+         ELSE greatest(0, extract(epoch FROM coalesce(o.confirmed_at, now())
+                                  + make_interval(secs => coalesce(o.estimated_prep_seconds, 0))
+                                  - now()))
+    END::float8
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,8 @@ class JobContext:
     pickup_lng: float
     dropoff_lat: float
     dropoff_lng: float
+    #: When the food is expected ready, in seconds from now (0 when it is, or is overdue).
+    ready_in_s: float
     state: str
     #: Offers made (or searches that found nobody) in the current round.
     attempts: int
@@ -76,11 +87,12 @@ class JobStore:
 
     async def context(self, order_id: str) -> JobContext | None:
         row = await self._pool.fetchrow(
-            """
+            f"""
             SELECT o.id::text AS order_id, o.customer_id::text,
                    m.owner_user_id::text AS merchant_owner_id, o.status AS order_status,
                    o.driver_id::text, m.lat AS pickup_lat, m.lng AS pickup_lng,
                    o.delivery_lat AS dropoff_lat, o.delivery_lng AS dropoff_lng,
+                   {READY_IN_S} AS ready_in_s,
                    j.state, j.attempts, j.max_attempts, j.next_attempt_at, j.updated_at
               FROM dispatch_jobs j
               JOIN orders o ON o.id = j.order_id

@@ -20,6 +20,7 @@ import asyncpg
 
 from matching_svc.domain.offers import NOT_PENDING_REASONS, Offer, OfferStatus
 from matching_svc.domain.stacking import Carried
+from matching_svc.store.jobs import READY_IN_S
 from mesh.errors import DomainError, FailedPrecondition, NotFound
 from order_svc.changes import assign_courier_in
 from order_svc.domain.orders import Order
@@ -316,11 +317,13 @@ class OfferStore:
 
     async def carried(self, driver_ids: list[str]) -> dict[str, list[Carried]]:
         """The orders each courier carries now (assigned and not yet delivered), by courier:
-        the pickup while it is still to make, and the drop-off."""
+        the pickup while it is still to make (and when its food is expected ready), and the
+        drop-off."""
         rows = await self._pool.fetch(
-            """
+            f"""
             SELECT o.id::text AS order_id, o.driver_id::text, o.status, m.lat, m.lng,
-                   o.delivery_lat, o.delivery_lng
+                   o.delivery_lat, o.delivery_lng,
+                   {READY_IN_S} AS ready_in_s
               FROM orders o JOIN merchants m ON m.id = o.merchant_id
              WHERE o.driver_id = ANY($1::uuid[])
                AND o.status NOT IN ('delivered', 'cancelled')
@@ -332,7 +335,12 @@ class OfferStore:
         for r in rows:
             pickup = None if r["status"] == "picked_up" else (r["lat"], r["lng"])
             found.setdefault(r["driver_id"], []).append(
-                Carried(r["order_id"], pickup, (r["delivery_lat"], r["delivery_lng"]))
+                Carried(
+                    r["order_id"],
+                    pickup,
+                    (r["delivery_lat"], r["delivery_lng"]),
+                    r["ready_in_s"],
+                )
             )
         return found
 

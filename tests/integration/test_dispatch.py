@@ -353,3 +353,22 @@ async def test_a_courier_shown_busy_who_carries_nothing_is_offered_like_anyone(r
     order = await rig.order()
     offer = await rig.dispatcher.step(order)
     assert offer is not None and offer.driver_id == stale and not offer.stacked
+
+
+async def test_a_stack_waits_for_the_food_so_a_far_from_ready_order_is_not_stacked(
+    rig: Rig,
+) -> None:
+    # The on-the-way stack of the first stacking test, but the shop needs half an hour more:
+    # the courier would wait there with the first customer's order in the bag.
+    loaded = await rig.courier_at(200, busy=True)
+    await rig.carrying(loaded, 3_000)
+    idle = await rig.courier_at(1_500)
+    order = await rig.order(door_north=3_200)
+    await rig.pool.execute(
+        "UPDATE orders SET estimated_prep_seconds = 1800 WHERE id = $1::uuid", order
+    )
+    job = await rig.jobs.context(order)
+    assert job is not None and 1_790 <= job.ready_in_s <= 1_800
+    offer = await rig.dispatcher.step(order)
+    assert offer is not None and offer.driver_id == idle and not offer.stacked
+    assert loaded != idle

@@ -120,3 +120,39 @@ def test_rules_refuse_nonsense() -> None:
         StackingRules(max_detour_s=float("nan"))
     with pytest.raises(ValueError):
         StackingRules(road_factor=0.5)
+
+
+def test_a_courier_early_at_the_shop_waits_and_the_bag_waits_with_them() -> None:
+    first = Carried("first", None, at(3000, 0))
+    # On the way, and ready now: stacked before the first drop.
+    ready = plan_stack(at(0, 0), [first], "new", at(300, 0), at(3200, 0), RULES)
+    assert ready is not None and ready.route[0].order_id == "new"
+    # The same order, its food ready in 15 minutes: picking it up on the way would keep the
+    # first customer waiting about that long (over the 7-minute bound), and going back for it
+    # after the first drop is a 12-minute detour (over 10): not stacked.
+    assert (
+        plan_stack(at(0, 0), [first], "new", at(300, 0), at(3200, 0), RULES, ready_s=15 * 60)
+        is None
+    )
+    # Allow the detour, and it goes after the first drop, which then comes no later.
+    roomy = StackingRules(max_detour_s=900)
+    later = plan_stack(at(0, 0), [first], "new", at(300, 0), at(3200, 0), roomy, ready_s=15 * 60)
+    assert later is not None
+    order = [(s.order_id, s.kind) for s in later.route]
+    assert order == [("first", "dropoff"), ("new", "pickup"), ("new", "dropoff")]
+    assert later.delays_s["first"] == pytest.approx(0.0, abs=1e-6)
+    # With bounds loose enough to allow it, the wait shows in the first customer's delay.
+    loose = StackingRules(max_detour_s=7200, max_delay_s=7200)
+    waited = plan_stack(at(0, 0), [], "new", at(300, 0), at(3200, 0), loose, ready_s=600)
+    assert waited is not None and waited.eta_s >= 600
+
+
+def test_a_carried_order_still_cooking_holds_the_route_back() -> None:
+    cooking = Carried("first", at(200, 0), at(2500, 0), ready_s=900)
+    done = Carried("first", at(200, 0), at(2500, 0))
+    slow = route_of([cooking], at(0, 0), RULES)
+    assert slow[0].ready_s == 900
+    plan_cooking = plan_stack(at(0, 0), [cooking], "new", at(250, 0), at(2600, 0), RULES)
+    plan_done = plan_stack(at(0, 0), [done], "new", at(250, 0), at(2600, 0), RULES)
+    assert plan_cooking is not None and plan_done is not None
+    assert plan_cooking.eta_s >= 900 > plan_done.eta_s
