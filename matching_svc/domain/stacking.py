@@ -134,7 +134,8 @@ def plan_stack(
 
     ``ready_s``: when the new order's food is expected ready, in seconds from now; a courier
     who would reach the shop earlier waits there, and the customers in the bag wait with them.
-    With nothing carried it is the plain trip (courier to shop to door) with no detour.
+    With nothing carried it is the plain trip (courier to shop to door): its detour is the way
+    to the shop, and no bound applies.
     """
     route = route_of(carried, courier, rules)
     if route:
