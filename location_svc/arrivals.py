@@ -52,6 +52,7 @@ from location_svc.ingest import Update
 from mesh.events import (
     Event,
     EventConsumer,
+    as_text,
     entry_fields,
     parse_payload,
     stream_for,
@@ -136,8 +137,7 @@ def encode_fence(fence: OrderFence) -> str:
 
 def decode_fence(order_id: str, value: bytes | str) -> OrderFence:
     """The inverse of :func:`encode_fence`; ValueError if ``value`` is not one."""
-    text = value.decode() if isinstance(value, bytes) else value
-    version, leg, mlat, mlng, clat, clng = text.split("|")
+    version, leg, mlat, mlng, clat, clng = as_text(value).split("|")
     return OrderFence(
         order_id,
         float(mlat),
@@ -216,15 +216,11 @@ class FenceView:
     fired: frozenset[tuple[str, ArrivalKind]]
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _decode_view(raw: Mapping[Any, Any]) -> FenceView:
     fences: dict[str, OrderFence] = {}
     fired: set[tuple[str, ArrivalKind]] = set()
     for key, value in raw.items():
-        name = _text(key)
+        name = as_text(key)
         try:
             if "/" in name:
                 order_id, kind = name.split("/", 1)
@@ -491,7 +487,7 @@ class ActiveOrders:
 
     async def _reload(self) -> None:
         members = await self._redis.smembers(self._registry)
-        for driver_id in [*self._entries, *(_text(m) for m in members)]:
+        for driver_id in [*self._entries, *(as_text(m) for m in members)]:
             self.invalidate(driver_id)
 
     def stop(self) -> None:

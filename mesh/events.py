@@ -101,7 +101,8 @@ class Event:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply item as text (clients may hand back bytes or str)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -121,17 +122,17 @@ def parse_payload(event: Event, message: Message) -> bool:
 
 def decode_entry(stream: str, entry_id: bytes | str, fields: Mapping[Any, Any]) -> Event:
     """The :class:`Event` in a raw stream entry (keys and values as bytes, or str keys)."""
-    values = {_text(k): v for k, v in fields.items()}
+    values = {as_text(k): v for k, v in fields.items()}
     payload = values[FIELD_PAYLOAD]
     headers = values.get(FIELD_HEADERS)
     return Event(
         stream=stream,
-        entry_id=_text(entry_id),
-        event_id=_text(values[FIELD_EVENT_ID]),
-        type=_text(values[FIELD_TYPE]),
-        aggregate_id=_text(values[FIELD_AGGREGATE_ID]),
+        entry_id=as_text(entry_id),
+        event_id=as_text(values[FIELD_EVENT_ID]),
+        type=as_text(values[FIELD_TYPE]),
+        aggregate_id=as_text(values[FIELD_AGGREGATE_ID]),
         payload=payload if isinstance(payload, bytes) else payload.encode(),
-        occurred_at=datetime.fromisoformat(_text(values[FIELD_OCCURRED_AT])),
+        occurred_at=datetime.fromisoformat(as_text(values[FIELD_OCCURRED_AT])),
         headers=json.loads(headers) if headers else {},
     )
 
@@ -316,7 +317,7 @@ class EventConsumer:
                 len(entries),
                 extra={"stream": self.stream, "group": self.group, "consumer": self.consumer},
             )
-        return _text(reply[0]), entries
+        return as_text(reply[0]), entries
 
     async def _process(self, raw: Sequence[_RawEntry]) -> bool:
         """Handles ``raw`` in order; False if a handler failed (the rest stay pending)."""
@@ -334,7 +335,11 @@ class EventConsumer:
                 # No retry can make a malformed entry readable; dropping it unblocks the group.
                 logger.error(
                     "dropping a malformed stream entry",
-                    extra={"stream": self.stream, "entry_id": _text(entry_id), "error": repr(err)},
+                    extra={
+                        "stream": self.stream,
+                        "entry_id": as_text(entry_id),
+                        "error": repr(err),
+                    },
                 )
                 await self._redis.xack(self.stream, self.group, entry_id)
         if not live:

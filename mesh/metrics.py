@@ -70,10 +70,9 @@ class MetricsEndpoint:
     """``/metrics`` over HTTP for one registry, on a thread of its own (scrapes never wait
     for the event loop)."""
 
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self._server, self._thread = start_http_server(
-            int(port), addr=host or "0.0.0.0", registry=registry
+            port, addr=host or "0.0.0.0", registry=registry
         )
 
     @property

@@ -14,11 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 
+from mesh.events import as_text
+
 logger = logging.getLogger(__name__)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Listener:
@@ -66,7 +64,7 @@ class Listener:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None or message.get("type") not in ("message", "pmessage"):
                         continue
-                    self._on_message(_text(message["channel"]), _text(message["data"]))
+                    self._on_message(as_text(message["channel"]), as_text(message["data"]))
             except Exception as exc:
                 self.errors += 1
                 logger.warning("%s lost; subscribing again: %r", self._name, exc)

@@ -24,7 +24,7 @@ from mesh.auth import SessionStore
 from mesh.interceptors import CallGate, MeshInterceptor
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsEndpoint, new_registry
-from mesh.settings import PREFIX, ServerSettings, Settings, env_int
+from mesh.settings import ServerSettings, Settings, env_int, split_listen, worker_index
 from mesh.stores import Stores, open_stores
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class MeshServer:
         """Starts serving and its workers, and reports SERVING for the server and each service."""
         await self.server.start()
         if self.settings.metrics_listen:
-            self.metrics_endpoint = MetricsEndpoint(self.metrics, self._metrics_address())
+            self.metrics_endpoint = MetricsEndpoint(self.metrics, *self._metrics_address())
         for run, _ in self._workers:
             self._tasks.append(asyncio.create_task(run()))
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
@@ -117,11 +117,10 @@ class MeshServer:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
 
-    def _metrics_address(self) -> str:
+    def _metrics_address(self) -> tuple[str, int]:
         """The metrics address; worker N of several sharing a port serves on its port + N."""
-        host, _, port = self.settings.metrics_listen.rpartition(":")
-        worker = int(os.environ.get(f"{PREFIX}WORKER_INDEX", "0") or 0)
-        return f"{host}:{int(port) + worker if int(port) else 0}"
+        host, port = split_listen(self.settings.metrics_listen)
+        return host, port + (worker_index() or 0) if port else 0
 
     async def _set_all(self, status: int) -> None:
         await self.health.set("", status)
@@ -265,8 +264,8 @@ def consumer_name() -> str:
     host (``DELIVERY_INSTANCE`` overrides it, e.g. with a pod name); each of a service's worker
     processes (see :mod:`mesh.workers`) gets its own."""
     name = os.environ.get("DELIVERY_INSTANCE") or socket.gethostname()
-    worker = os.environ.get("DELIVERY_WORKER_INDEX")
-    return f"{name}-w{worker}" if worker else name
+    worker = worker_index()
+    return f"{name}-w{worker}" if worker is not None else name
 
 
 #: A process started with this variable set to its parent's pid dies with that parent (see

@@ -24,6 +24,22 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
+#: Set in each worker's environment (see :mod:`mesh.workers`): its index, 0 to N-1.
+WORKER_INDEX_ENV = "DELIVERY_WORKER_INDEX"
+
+
+def worker_index() -> int | None:
+    """This process's index among its service's workers, or ``None`` when it runs alone."""
+    value = os.environ.get(WORKER_INDEX_ENV)
+    return int(value) if value else None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as the host and the port."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     """``DELIVERY_<name>`` as a string, or ``default``."""
     return _get(env, name) or default

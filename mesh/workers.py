@@ -27,26 +27,12 @@ from typing import Any
 
 from mesh.logs import configure_logging
 from mesh.server import PARENT_PID_ENV, READY_PREFIX, announce, die_with_parent, run_main
-from mesh.settings import Settings
+from mesh.settings import WORKER_INDEX_ENV, Settings, split_listen, worker_index
 
 logger = logging.getLogger(__name__)
 
-#: Set in each worker's environment: its index, 0 to N-1.
-WORKER_INDEX_ENV = "DELIVERY_WORKER_INDEX"
 #: Seconds between restarts of a worker that keeps dying.
 RESTART_DELAY_S = 1.0
-
-
-def worker_index() -> int | None:
-    """This process's index among its service's workers, or ``None`` when it runs alone."""
-    value = os.environ.get(WORKER_INDEX_ENV)
-    return int(value) if value else None
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` too) as the host and the port."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

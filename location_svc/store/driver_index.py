@@ -87,11 +87,16 @@ class DriverIndex:
         groups: dict[bool, tuple[list[tuple[IndexEntry, str | None]], list[str]]] = {}
         for (entry, previous_slot), slot in zip(batch, slots, strict=True):
             busy = slot.startswith(BUSY)
-            index = self.busy if busy else self.available
-            previous = self._previous_in(pipe, entry.driver_id, index, previous_slot)
+            shard = slot[len(BUSY) :] if busy else slot
+            if previous_slot == slot:
+                # Nearly every fix: same shard, same status.
+                previous: str | None = shard
+            else:
+                index = self.busy if busy else self.available
+                previous = self._previous_in(pipe, entry.driver_id, index, previous_slot)
             entries, shards = groups.setdefault(busy, ([], []))
             entries.append((entry, previous))
-            shards.append(slot[len(BUSY) :] if busy else slot)
+            shards.append(shard)
         for busy, (entries, shards) in groups.items():
             (self.busy if busy else self.available).queue_upserts(pipe, entries, shards)
 
