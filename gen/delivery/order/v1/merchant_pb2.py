@@ -27,23 +27,23 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n delivery/order/v1/merchant.proto\x12\x11\x64\x65livery.order.v1\x1a\x1f\x64\x65livery/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x03\n\x08Merchant\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.delivery.common.v1.LatLng\x12\x0c\n\x04open\x18\x07 \x01(\x08\x12\x1e\n\x16\x64\x65livery_radius_meters\x18\x08 \x01(\x05\x12\x38\n\x15\x61verage_prep_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rcurrency_code\x18\n \x01(\t\x12\x38\n\x0ehandoff_policy\x18\x0b \x01(\x0e\x32 .delivery.order.v1.HandoffPolicy\x12\x16\n\x0erating_average\x18\x0c \x01(\x01\x12\x14\n\x0crating_count\x18\r \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfd\x01\n\x08MenuItem\x12\x14\n\x0cmenu_item_id\x18\x01 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12(\n\x05price\x18\x05 \x01(\x0b\x32\x19.delivery.common.v1.Money\x12\x11\n\tavailable\x18\x06 \x01(\x08\x12\x35\n\roption_groups\x18\x07 \x03(\x0b\x32\x1e.delivery.order.v1.OptionGroup\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x0bOptionGroup\x12\x17\n\x0foption_group_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmin_select\x18\x03 \x01(\x05\x12\x12\n\nmax_select\x18\x04 \x01(\x05\x12*\n\x07options\x18\x05 \x03(\x0b\x32\x19.delivery.order.v1.Option\"l\n\x06Option\x12\x11\n\toption_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x0bprice_delta\x18\x03 \x01(\x0b\x32\x19.delivery.common.v1.Money\x12\x11\n\tavailable\x18\x04 \x01(\x08\"X\n\x0eNearbyMerchant\x12-\n\x08merchant\x18\x01 \x01(\x0b\x32\x1b.delivery.order.v1.Merchant\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01*\x82\x01\n\rHandoffPolicy\x12\x1e\n\x1aHANDOFF_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12HANDOFF_POLICY_PIN\x10\x01\x12\x18\n\x14HANDOFF_POLICY_PHOTO\x10\x02\x12\x1f\n\x1bHANDOFF_POLICY_PIN_OR_PHOTO\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n delivery/order/v1/merchant.proto\x12\x11\x64\x65livery.order.v1\x1a\x1f\x64\x65livery/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x04\n\x08Merchant\x12\x13\n\x0bmerchant_id\x18\x01 \x01(\t\x12\x15\n\rowner_user_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.delivery.common.v1.LatLng\x12\x0c\n\x04open\x18\x07 \x01(\x08\x12\x1e\n\x16\x64\x65livery_radius_meters\x18\x08 \x01(\x05\x12\x38\n\x15\x61verage_prep_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rcurrency_code\x18\n \x01(\t\x12\x38\n\x0ehandoff_policy\x18\x0b \x01(\x0e\x32 .delivery.order.v1.HandoffPolicy\x12\x16\n\x0erating_average\x18\x0c \x01(\x01\x12\x14\n\x0crating_count\x18\r \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16prep_observation_count\x18\x10 \x01(\x03\x12:\n\x17prep_deviation_duration\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfd\x01\n\x08MenuItem\x12\x14\n\x0cmenu_item_id\x18\x01 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12(\n\x05price\x18\x05 \x01(\x0b\x32\x19.delivery.common.v1.Money\x12\x11\n\tavailable\x18\x06 \x01(\x08\x12\x35\n\roption_groups\x18\x07 \x03(\x0b\x32\x1e.delivery.order.v1.OptionGroup\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x0bOptionGroup\x12\x17\n\x0foption_group_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmin_select\x18\x03 \x01(\x05\x12\x12\n\nmax_select\x18\x04 \x01(\x05\x12*\n\x07options\x18\x05 \x03(\x0b\x32\x19.delivery.order.v1.Option\"l\n\x06Option\x12\x11\n\toption_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x0bprice_delta\x18\x03 \x01(\x0b\x32\x19.delivery.common.v1.Money\x12\x11\n\tavailable\x18\x04 \x01(\x08\"X\n\x0eNearbyMerchant\x12-\n\x08merchant\x18\x01 \x01(\x0b\x32\x1b.delivery.order.v1.Merchant\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01*\x82\x01\n\rHandoffPolicy\x12\x1e\n\x1aHANDOFF_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12HANDOFF_POLICY_PIN\x10\x01\x12\x18\n\x14HANDOFF_POLICY_PHOTO\x10\x02\x12\x1f\n\x1bHANDOFF_POLICY_PIN_OR_PHOTO\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'delivery.order.v1.merchant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HANDOFFPOLICY']._serialized_start=1233
-  _globals['_HANDOFFPOLICY']._serialized_end=1363
+  _globals['_HANDOFFPOLICY']._serialized_start=1325
+  _globals['_HANDOFFPOLICY']._serialized_end=1455
   _globals['_MERCHANT']._serialized_start=154
-  _globals['_MERCHANT']._serialized_end=635
-  _globals['_MENUITEM']._serialized_start=638
-  _globals['_MENUITEM']._serialized_end=891
-  _globals['_OPTIONGROUP']._serialized_start=894
-  _globals['_OPTIONGROUP']._serialized_end=1030
-  _globals['_OPTION']._serialized_start=1032
-  _globals['_OPTION']._serialized_end=1140
-  _globals['_NEARBYMERCHANT']._serialized_start=1142
-  _globals['_NEARBYMERCHANT']._serialized_end=1230
+  _globals['_MERCHANT']._serialized_end=727
+  _globals['_MENUITEM']._serialized_start=730
+  _globals['_MENUITEM']._serialized_end=983
+  _globals['_OPTIONGROUP']._serialized_start=986
+  _globals['_OPTIONGROUP']._serialized_end=1122
+  _globals['_OPTION']._serialized_start=1124
+  _globals['_OPTION']._serialized_end=1232
+  _globals['_NEARBYMERCHANT']._serialized_start=1234
+  _globals['_NEARBYMERCHANT']._serialized_end=1322
 # @@protoc_insertion_point(module_scope)

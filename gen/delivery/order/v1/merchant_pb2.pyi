@@ -24,7 +24,7 @@ HANDOFF_POLICY_PHOTO: HandoffPolicy
 HANDOFF_POLICY_PIN_OR_PHOTO: HandoffPolicy
 
 class Merchant(_message.Message):
-    __slots__ = ("merchant_id", "owner_user_id", "name", "description", "address", "location", "open", "delivery_radius_meters", "average_prep_duration", "currency_code", "handoff_policy", "rating_average", "rating_count", "create_time", "update_time")
+    __slots__ = ("merchant_id", "owner_user_id", "name", "description", "address", "location", "open", "delivery_radius_meters", "average_prep_duration", "currency_code", "handoff_policy", "rating_average", "rating_count", "create_time", "update_time", "prep_observation_count", "prep_deviation_duration")
     MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class Merchant(_message.Message):
     RATING_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREP_OBSERVATION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PREP_DEVIATION_DURATION_FIELD_NUMBER: _ClassVar[int]
     merchant_id: str
     owner_user_id: str
     name: str
@@ -55,7 +57,9 @@ class Merchant(_message.Message):
     rating_count: int
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, merchant_id: _Optional[str] = ..., owner_user_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., address: _Optional[str] = ..., location: _Optional[_Union[_common_pb2.LatLng, _Mapping]] = ..., open: _Optional[bool] = ..., delivery_radius_meters: _Optional[int] = ..., average_prep_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., currency_code: _Optional[str] = ..., handoff_policy: _Optional[_Union[HandoffPolicy, str]] = ..., rating_average: _Optional[float] = ..., rating_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    prep_observation_count: int
+    prep_deviation_duration: _duration_pb2.Duration
+    def __init__(self, merchant_id: _Optional[str] = ..., owner_user_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., address: _Optional[str] = ..., location: _Optional[_Union[_common_pb2.LatLng, _Mapping]] = ..., open: _Optional[bool] = ..., delivery_radius_meters: _Optional[int] = ..., average_prep_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., currency_code: _Optional[str] = ..., handoff_policy: _Optional[_Union[HandoffPolicy, str]] = ..., rating_average: _Optional[float] = ..., rating_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prep_observation_count: _Optional[int] = ..., prep_deviation_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class MenuItem(_message.Message):
     __slots__ = ("menu_item_id", "merchant_id", "name", "description", "price", "available", "option_groups", "update_time")
