@@ -68,6 +68,8 @@ def merchant_to_proto(merchant: Merchant) -> merchant_pb2.Merchant:
         open=merchant.is_open,
         delivery_radius_meters=merchant.delivery_radius_m,
         average_prep_duration=duration_pb2.Duration(seconds=merchant.avg_prep_seconds),
+        prep_observation_count=merchant.prep_observations,
+        prep_deviation_duration=duration_pb2.Duration(seconds=merchant.prep_deviation_seconds),
         currency_code=merchant.currency_code,
         handoff_policy=HANDOFF_TO_PROTO[merchant.handoff_policy],
         rating_average=merchant.rating_avg or 0.0,

@@ -35,8 +35,13 @@ class Merchant:
     rating_count: int
     created_at: datetime
     updated_at: datetime
-    #: Bumped whenever something that prices or admits an order changes (not by ratings).
+    #: Bumped whenever something that prices or admits an order changes (not by ratings, nor by
+    #: the learned preparation time).
     menu_version: int = 1
+    #: How many preparations ``avg_prep_seconds`` was learned from (0: the merchant's estimate).
+    prep_observations: int = 0
+    #: How far ``avg_prep_seconds`` typically misses an order, in seconds.
+    prep_deviation_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)

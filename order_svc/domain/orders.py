@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
 from mesh.auth import Principal, Role
@@ -315,3 +316,59 @@ class Order:
             self.merchant_owner_id,
             self.driver_id,
         )
+
+
+#: How far one preparation moves a merchant's learned average and spread: an exponentially
+#: weighted moving average in which the last ten orders carry about 90% of the weight. A
+#: decimal, so PostgreSQL's numeric arithmetic (store/orders.py) gives the same integers.
+PREP_WEIGHT = Decimal("0.2")
+#: An observed preparation is clamped to this range first, so that one order forgotten on the
+#: counter (or marked ready by mistake the moment it was confirmed) cannot wreck the average.
+PREP_OBSERVED_MIN_S = 60
+PREP_OBSERVED_MAX_S = 3 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class PrepEstimate:
+    """What a merchant has learned about its preparation time, in whole seconds."""
+
+    average_seconds: int
+    #: The weighted mean of how far the average missed each order: the ETA band's width.
+    deviation_seconds: int
+    #: How many preparations were learned from; 0 means the average is the merchant's own
+    #: estimate from when it was created.
+    observations: int
+
+
+def _whole(value: Decimal) -> int:
+    # Half away from zero, as PostgreSQL rounds numeric.
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def observed_prep_seconds(confirmed_at: datetime, ready_at: datetime) -> int:
+    """The preparation an order took, clamped to the range the learned average accepts."""
+    took = ready_at - confirmed_at
+    seconds = Decimal(took.days * 86_400 + took.seconds) + Decimal(took.microseconds) / 10**6
+    return min(max(_whole(seconds), PREP_OBSERVED_MIN_S), PREP_OBSERVED_MAX_S)
+
+
+def learn_prep(before: PrepEstimate, observed_seconds: int) -> PrepEstimate:
+    """The estimate after one more preparation of ``observed_seconds`` (already clamped).
+
+    The spread is the weighted mean of the average's miss before each order, so it is how far
+    off a prediction tends to be. The first miss is taken whole: a spread blended from zero
+    would claim a certainty nobody observed.
+    """
+    average = before.average_seconds
+    miss = abs(observed_seconds - average)
+    if before.observations == 0:
+        deviation = miss
+    else:
+        deviation = _whole(
+            before.deviation_seconds + PREP_WEIGHT * (miss - before.deviation_seconds)
+        )
+    return PrepEstimate(
+        average_seconds=_whole(average + PREP_WEIGHT * (observed_seconds - average)),
+        deviation_seconds=deviation,
+        observations=before.observations + 1,
+    )

@@ -20,7 +20,8 @@ H3_RES = 7
 _MERCHANT_COLUMNS = """
     id::text AS id, owner_user_id::text AS owner_user_id, name, description, address, lat, lng,
     is_open, delivery_radius_m, avg_prep_seconds, currency_code, handoff_policy,
-    rating_avg::float8 AS rating_avg, rating_count, created_at, updated_at, menu_version
+    rating_avg::float8 AS rating_avg, rating_count, created_at, updated_at, menu_version,
+    prep_observations, prep_deviation_seconds
 """
 
 # The same formula as mesh.geo.haversine_m, with the search centre in $1 and $2.
@@ -99,6 +100,8 @@ def _merchant(row: asyncpg.Record) -> Merchant:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         menu_version=row["menu_version"],
+        prep_observations=row["prep_observations"],
+        prep_deviation_seconds=row["prep_deviation_seconds"],
     )
 
 

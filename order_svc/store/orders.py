@@ -15,7 +15,14 @@ from enum import Enum
 
 import asyncpg
 
-from order_svc.domain.orders import Order, OrderStatus, Transition
+from order_svc.domain.orders import (
+    PREP_OBSERVED_MAX_S,
+    PREP_OBSERVED_MIN_S,
+    PREP_WEIGHT,
+    Order,
+    OrderStatus,
+    Transition,
+)
 from order_svc.domain.pricing import PricedLine, PricedOption, PricedOrder
 
 CREATE_ORDER = "create_order"
@@ -495,6 +502,33 @@ def _transition_sql(stamp: str | None, with_proof: bool) -> str:
     if stamp is not None and stamp not in _STAMPS:
         raise ValueError(f"unknown timestamp column {stamp}")
     stamp_set = f", {stamp} = $6" if stamp else ""
+    # Marking an order ready teaches its merchant how long preparing takes (confirmation to
+    # ready), by the rule of order_svc.domain.orders.learn_prep in numeric arithmetic. In this
+    # statement it costs one row update; the merchant's menu_version ignores avg_prep_seconds
+    # (migration 0011), so placements priced meanwhile stay valid.
+    learns = stamp == "ready_at"
+    returning = "id, version, merchant_id, confirmed_at, ready_at" if learns else "id, version"
+    learn = (
+        f"""
+), learn AS (
+    UPDATE merchants m
+       SET avg_prep_seconds = round(m.avg_prep_seconds
+                                    + {PREP_WEIGHT} * (p.seen - m.avg_prep_seconds)),
+           prep_deviation_seconds = CASE
+               WHEN m.prep_observations = 0 THEN abs(p.seen - m.avg_prep_seconds)
+               ELSE round(m.prep_deviation_seconds
+                          + {PREP_WEIGHT} * (abs(p.seen - m.avg_prep_seconds)
+                                             - m.prep_deviation_seconds))
+           END,
+           prep_observations = m.prep_observations + 1
+      FROM (SELECT merchant_id,
+                   least(greatest(round(extract(epoch FROM ready_at - confirmed_at)),
+                                  {PREP_OBSERVED_MIN_S}), {PREP_OBSERVED_MAX_S}) AS seen
+              FROM upd WHERE confirmed_at IS NOT NULL) p
+     WHERE m.id = p.merchant_id"""
+        if learns
+        else ""
+    )
     proof = (
         """, proof AS (
     INSERT INTO delivery_proofs (order_id, kind, photo, content_type, lat, lng, captured_at,
@@ -515,7 +549,7 @@ WITH upd AS (
            cancellation_fee_minor = coalesce($11, cancellation_fee_minor),
            estimated_prep_seconds = coalesce($12, estimated_prep_seconds)
      WHERE id = $1::uuid AND status = $2 AND version = $3
-    RETURNING id, version
+    RETURNING {returning}
 ), hist AS (
     INSERT INTO order_status_history (order_id, from_status, to_status, version, actor_id,
                                       actor_role, reason, created_at)
@@ -548,7 +582,7 @@ WITH upd AS (
     UPDATE drivers SET active_order_count = active_order_count + 1
       FROM upd
      WHERE drivers.id = $5::uuid
-       AND $5::uuid IS DISTINCT FROM $25::uuid AND $4 NOT IN ('delivered', 'cancelled')
+       AND $5::uuid IS DISTINCT FROM $25::uuid AND $4 NOT IN ('delivered', 'cancelled'){learn}
 ){proof}
 SELECT version FROM upd
 """
