@@ -2,25 +2,94 @@
 
 from __future__ import annotations
 
+import grpc
+
+from delivery.location.v1 import location_service_pb2_grpc
 from delivery.tracking.v1 import tracking_service_pb2, tracking_service_pb2_grpc
-from mesh.server import MeshServer, ServiceBinding, build_mesh_server, run_service
+from mesh.auth import service_token
+from mesh.events import EventConsumer, stream_for
+from mesh.server import MeshServer, ServiceBinding, build_mesh_server, consumer_name, run_service
 from mesh.settings import Settings
 from mesh.stores import Stores
+from tracking_svc.domain.travel import CrowFlies, TravelTimes
+from tracking_svc.live import TrackingHub
+from tracking_svc.recorder import Recorder
+from tracking_svc.service import TrackingService
+from tracking_svc.settings import TrackingSettings
+from tracking_svc.store.log import TrackingLog
+from tracking_svc.store.orders import OrderReader
 
 SERVICE_NAME = tracking_service_pb2.DESCRIPTOR.services_by_name["TrackingService"].full_name
 
 
-async def build_server(settings: Settings, stores: Stores) -> MeshServer:
-    """Binds tracking_svc on ``settings.server.listen``; the handlers land with the tracking issue,
-    until then the generated base class answers every RPC with UNIMPLEMENTED."""
-    binding = ServiceBinding(
-        SERVICE_NAME,
-        tracking_service_pb2_grpc.TrackingServiceServicer(),
-        tracking_service_pb2_grpc.add_TrackingServiceServicer_to_server,
+async def build_server(
+    settings: Settings,
+    stores: Stores,
+    *,
+    tracking: TrackingSettings | None = None,
+    location_addr: str | None = None,
+    travel: TravelTimes | None = None,
+    group_start_id: str = "0",
+    consumer_group: str = "tracking",
+) -> MeshServer:
+    """Binds tracking_svc with its log writers, its live hub and the notification feed."""
+    assert stores.pool is not None and stores.redis is not None
+    tracking = tracking or TrackingSettings.from_env()
+    travel = travel or CrowFlies()
+    channel = grpc.aio.insecure_channel(
+        location_addr or settings.peers.location_addr,
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ],
     )
-    return build_mesh_server(settings, stores, [binding])
+    token = service_token(settings.auth.service_secret, "tracking")
+    log = TrackingLog(stores.redis, max_entries=tracking.log_entries)
+    hub = TrackingHub(
+        stores.redis,
+        log,
+        OrderReader(stores.pool),
+        location_service_pb2_grpc.LocationServiceStub(channel),
+        (("authorization", f"Bearer {token}"),),
+        travel,
+        tracking.live,
+    )
+    from tracking_svc.notifications import NotificationHub  # TEMP until the feed lands
+
+    notifications = NotificationHub(stores.pool, settings.stores.database_url)
+    service = TrackingService(hub, log, notifications, planner=None)
+    binding = ServiceBinding(
+        SERVICE_NAME, service, tracking_service_pb2_grpc.add_TrackingServiceServicer_to_server
+    )
+    server = build_mesh_server(settings, stores, [binding])
+    server.add_worker(hub.run, hub.stop)
+    server.add_worker(notifications.run, notifications.stop)
+    recorder = Recorder(log)
+    for aggregate, handler in (
+        ("order", recorder.order_event),
+        ("location", recorder.location_event),
+    ):
+        consumer = EventConsumer(
+            stores.redis,
+            stream_for(aggregate),
+            consumer_group,
+            consumer_name(),
+            handler,
+            group_start_id=group_start_id,
+        )
+        server.add_worker(consumer.run, consumer.stop)
+
+    async def close() -> None:
+        hub.close()
+        await channel.close()
+
+    server.on_stop.append(close)
+    # For tests and metrics: the hub's feeds and courier streams.
+    server.tracking_hub = hub  # type: ignore[attr-defined]
+    return server
 
 
 async def main() -> None:
     """Runs tracking_svc until SIGTERM."""
-    await run_service(Settings.from_env("tracking"), build_server, postgres=False)
+    await run_service(Settings.from_env("tracking"), build_server)

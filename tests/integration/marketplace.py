@@ -134,10 +134,15 @@ class Market:
         return Caller(user_id, bearer(await sessions.create(user_id, role)))
 
     async def shop(
-        self, owner: Caller, *, handoff: int = merchant_pb2.HANDOFF_POLICY_PIN
+        self,
+        owner: Caller,
+        *,
+        handoff: int = merchant_pb2.HANDOFF_POLICY_PIN,
+        location: common_pb2.LatLng | None = None,
     ) -> tuple[merchant_pb2.Merchant, merchant_pb2.MenuItem]:
-        """An open pizzeria somewhere random, with a pizza that has sizes and extras."""
-        location = common_pb2.LatLng(
+        """An open pizzeria at ``location`` (somewhere random if none), with a pizza that has
+        sizes and extras."""
+        location = location or common_pb2.LatLng(
             latitude=random.uniform(-50, 50), longitude=random.uniform(-170, 170)
         )
         merchant = (

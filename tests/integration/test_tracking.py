@@ -1,0 +1,536 @@
+"""TrackOrder end to end: order, location, matching and tracking as separate gRPC servers on
+real sockets, real PostgreSQL and Redis. People act only through the RPCs; the courier's phone
+streams its fixes to location_svc; tracking hears the order's events from order_svc's outbox
+relay and the courier's positions from location_svc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from delivery.common.v1 import common_pb2
+from delivery.location.v1 import location_pb2, location_service_pb2, location_service_pb2_grpc
+from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
+from delivery.order.v1 import merchant_pb2, order_pb2, order_service_pb2
+from delivery.tracking.v1 import tracking_pb2, tracking_service_pb2, tracking_service_pb2_grpc
+from location_svc.server import build_server as build_location
+from matching_svc.server import build_server as build_matching
+from mesh.server import MeshServer
+from mesh.settings import Settings, StoreSettings
+from mesh.stores import Stores
+from mesh.testing import serving, settings_for_test
+from order_svc.server import build_server as build_order
+from tests.integration.marketplace import Caller, Market, details, north
+from tracking_svc.live import LiveRules, TrackingHub
+from tracking_svc.server import build_server as build_tracking
+from tracking_svc.settings import TrackingSettings
+
+#: How long any one thing may take to travel through the mesh before the test gives up.
+BOUND_S = 30.0
+#: Central Helsinki, inside the loaded road network.
+HELSINKI = common_pb2.LatLng(latitude=60.1680, longitude=24.9410)
+S = common_pb2
+STALE_S = 1.5
+
+
+@dataclass
+class Mesh:
+    market: Market
+    location: location_service_pb2_grpc.LocationServiceStub
+    matching: matching_service_pb2_grpc.MatchingServiceStub
+    tracking: tracking_service_pb2_grpc.TrackingServiceStub
+    stores: Stores
+    store_settings: StoreSettings
+    location_port: int
+    #: Starts a tracking server (another after a restart); returns its server and hub.
+    start_tracking: Callable[[], contextlib.AbstractAsyncContextManager[MeshServer]]
+    #: Stops the tracking server the fixture started.
+    stop_tracking: Callable[[], Awaitable[None]]
+    hubs: list[TrackingHub]
+
+
+@pytest.fixture
+async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[Mesh]:
+    order_settings = settings_for_test("order", store_settings)
+    location_settings = settings_for_test("location", store_settings)
+    matching_settings = settings_for_test("matching", store_settings)
+    tracking_settings = settings_for_test("tracking", store_settings)
+    # Only this test's events: the shared test Redis keeps older runs' streams.
+    suffix = uuid.uuid4().hex[:8]
+    hubs: list[TrackingHub] = []
+    async with serving(build_location, location_settings, stores) as (location, location_ch):
+
+        async def matching(settings: Settings, stores: Stores) -> MeshServer:
+            return await build_matching(
+                settings,
+                stores,
+                location_addr=f"127.0.0.1:{location.port}",
+                tick_s=0.05,
+                group_start_id="$",
+                consumer_group=f"matching-{suffix}",
+            )
+
+        async def tracking(settings: Settings, stores: Stores) -> MeshServer:
+            server = await build_tracking(
+                settings,
+                stores,
+                tracking=TrackingSettings(live=LiveRules(stale_after_s=STALE_S, linger_s=0.5)),
+                location_addr=f"127.0.0.1:{location.port}",
+                group_start_id="$",
+                consumer_group=f"tracking-{suffix}",
+            )
+            hubs.append(server.tracking_hub)  # type: ignore[attr-defined]
+            return server
+
+        port = {"tracking": 0}
+
+        @contextlib.asynccontextmanager
+        async def start_tracking() -> AsyncIterator[MeshServer]:
+            settings = tracking_settings
+            if port["tracking"]:
+                # A restart binds the port the clients know.
+                settings = replace(
+                    settings,
+                    server=replace(settings.server, listen=f"127.0.0.1:{port['tracking']}"),
+                )
+            async with serving(tracking, settings, stores) as (server, _):
+                port["tracking"] = server.port
+                yield server
+
+        async with (
+            serving(build_order, order_settings, stores) as (_, order_ch),
+            serving(matching, matching_settings, stores) as (_, matching_ch),
+        ):
+            first = start_tracking()
+            await first.__aenter__()
+            stopped = False
+
+            async def stop_tracking() -> None:
+                nonlocal stopped
+                stopped = True
+                await first.__aexit__(None, None, None)
+
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port['tracking']}")
+            try:
+                yield Mesh(
+                    Market(order_ch, stores, order_settings),
+                    location_service_pb2_grpc.LocationServiceStub(location_ch),
+                    matching_service_pb2_grpc.MatchingServiceStub(matching_ch),
+                    tracking_service_pb2_grpc.TrackingServiceStub(channel),
+                    stores,
+                    store_settings,
+                    location.port,
+                    start_tracking,
+                    stop_tracking,
+                    hubs,
+                )
+            finally:
+                await channel.close()
+                if not stopped:
+                    await first.__aexit__(None, None, None)
+
+
+class Phone:
+    """A courier's phone: one StreamLocation, a fix whenever told, stamped now."""
+
+    def __init__(self, mesh: Mesh, courier: Caller) -> None:
+        self._queue: asyncio.Queue[location_service_pb2.StreamLocationRequest | None] = (
+            asyncio.Queue()
+        )
+        self._sequence = 0
+        self.call = mesh.location.StreamLocation(self._requests(), metadata=courier.metadata)
+
+    async def _requests(self) -> AsyncIterator[location_service_pb2.StreamLocationRequest]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def at(self, where: common_pb2.LatLng) -> None:
+        """Sends a fix at ``where`` and waits for its ack."""
+        self._sequence += 1
+        ms = time.time_ns() // 1_000_000
+        fix = location_pb2.LocationFix(
+            position=where,
+            accuracy_meters=8.0,
+            speed_mps=5.0,
+            device_time=timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 10**6),
+            sequence=self._sequence,
+        )
+        await self._queue.put(location_service_pb2.StreamLocationRequest(fix=fix))
+        while True:
+            ack = await asyncio.wait_for(self.call.read(), BOUND_S)
+            assert ack is not grpc.aio.EOF
+            if ack.acked_sequence >= self._sequence:
+                return
+
+    async def close(self) -> None:
+        await self._queue.put(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.call.code(), BOUND_S)
+
+
+class Watch:
+    """One TrackOrder stream read in the background into a list."""
+
+    def __init__(self, mesh: Mesh, who: Caller, order_id: str, resume: int = 0) -> None:
+        self.updates: list[tracking_service_pb2.TrackOrderResponse] = []
+        self.call = mesh.tracking.TrackOrder(
+            tracking_service_pb2.TrackOrderRequest(order_id=order_id, resume_after_sequence=resume),
+            metadata=who.metadata,
+        )
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for update in self.call:
+            self.updates.append(update)
+
+    async def until(
+        self, test: Callable[[list[tracking_service_pb2.TrackOrderResponse]], bool], what: str
+    ) -> None:
+        deadline = time.monotonic() + BOUND_S
+        while not test(self.updates):
+            if self.task.done():
+                self.task.result()
+                assert test(self.updates), f"the stream ended before {what}: {self.updates}"
+                return
+            assert time.monotonic() < deadline, f"not within {BOUND_S} s: {what}"
+            await asyncio.sleep(0.02)
+
+    async def until_status(self, status: int, driver: bool | None = None) -> None:
+        def seen(updates: list[tracking_service_pb2.TrackOrderResponse]) -> bool:
+            return any(
+                u.status_update.status == status
+                and (driver is None or bool(u.status_update.driver_id) == driver)
+                for u in updates
+                if u.HasField("status_update")
+            )
+
+        await self.until(seen, f"status {S.OrderStatus.Name(status)}")
+
+    def stop(self) -> None:
+        self.call.cancel()
+
+    @property
+    def last_sequence(self) -> int:
+        return self.updates[-1].sequence
+
+    def statuses(self) -> list[tuple[int, bool]]:
+        return [
+            (u.status_update.status, bool(u.status_update.driver_id))
+            for u in self.updates
+            if u.HasField("status_update")
+        ]
+
+    def notices(self) -> list[int]:
+        return [u.notice.type for u in self.updates if u.HasField("notice")]
+
+
+@dataclass
+class Scene:
+    customer: Caller
+    owner: Caller
+    courier: Caller
+    stranger: Caller
+    shop: merchant_pb2.Merchant
+    order: order_pb2.Order
+
+
+async def _scene(mesh: Mesh) -> Scene:
+    market = mesh.market
+    owner = await market.sign_up(S.ROLE_MERCHANT)
+    customer = await market.sign_up(S.ROLE_CUSTOMER)
+    courier = await market.sign_up(S.ROLE_DRIVER)
+    stranger = await market.sign_up(S.ROLE_CUSTOMER)
+    shop, pizza = await market.shop(owner, location=HELSINKI)
+    order = (
+        await market.orders.CreateOrder(
+            market.order_request(shop, pizza, distance_m=900), metadata=customer.metadata
+        )
+    ).order
+    return Scene(customer, owner, courier, stranger, shop, order)
+
+
+async def _advance(mesh: Mesh, scene: Scene, *steps: str) -> None:
+    """Moves the order through ``steps`` (confirm, prepare, ready, assign, pickup, deliver)."""
+    orders, ref = mesh.market.orders, {"order_id": scene.order.order_id}
+    for step in steps:
+        if step == "confirm":
+            await orders.ConfirmOrder(
+                order_service_pb2.ConfirmOrderRequest(
+                    **ref, estimated_prep_duration=duration_pb2.Duration(seconds=600)
+                ),
+                metadata=scene.owner.metadata,
+            )
+        elif step == "prepare":
+            await orders.StartPreparing(
+                order_service_pb2.StartPreparingRequest(**ref), metadata=scene.owner.metadata
+            )
+        elif step == "ready":
+            await orders.MarkOrderReady(
+                order_service_pb2.MarkOrderReadyRequest(**ref), metadata=scene.owner.metadata
+            )
+        elif step == "assign":
+            await orders.AssignCourier(
+                order_service_pb2.AssignCourierRequest(**ref, driver_id=scene.courier.user_id),
+                metadata=mesh.market.matching,
+            )
+        elif step == "pickup":
+            await orders.PickUpOrder(
+                order_service_pb2.PickUpOrderRequest(**ref), metadata=scene.courier.metadata
+            )
+        elif step == "deliver":
+            await orders.CompleteDelivery(
+                order_service_pb2.CompleteDeliveryRequest(
+                    **ref, request_id=uuid.uuid4().hex, pin=scene.order.delivery_pin
+                ),
+                metadata=scene.courier.metadata,
+            )
+        else:
+            raise AssertionError(step)
+
+
+async def test_a_whole_order_is_watched_from_placement_to_delivery(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    courier, order = scene.courier, scene.order
+    shop = scene.shop.location
+    # The courier starts their shift near the shop, available, with their offer stream open.
+    phone = Phone(mesh, courier)
+    await phone.at(north(shop, -400))
+    await mesh.location.SetAvailability(
+        location_service_pb2.SetAvailabilityRequest(
+            request_id=uuid.uuid4().hex, status=S.DRIVER_STATUS_AVAILABLE
+        ),
+        metadata=courier.metadata,
+    )
+    offers = mesh.matching.StreamOffers(
+        matching_service_pb2.StreamOffersRequest(), metadata=courier.metadata
+    )
+    customer = Watch(mesh, scene.customer, order.order_id)
+    merchant = Watch(mesh, scene.owner, order.order_id)
+    try:
+        await customer.until_status(S.ORDER_STATUS_PENDING)
+        await _advance(mesh, scene, "confirm", "prepare", "ready")
+        await customer.until_status(S.ORDER_STATUS_READY_FOR_PICKUP)
+        # The courier moves before anyone assigned them: nobody is shown where they are.
+        await phone.at(north(shop, -350))
+        admin = await mesh.market.admin()
+        await mesh.matching.DispatchOrder(
+            matching_service_pb2.DispatchOrderRequest(order_id=order.order_id),
+            metadata=admin.metadata,
+        )
+        offered = await asyncio.wait_for(offers.read(), BOUND_S)
+        assert offered.offer.order_id == order.order_id
+        await mesh.matching.AcceptOffer(
+            matching_service_pb2.AcceptOfferRequest(
+                offer_id=offered.offer.offer_id, request_id=uuid.uuid4().hex
+            ),
+            metadata=courier.metadata,
+        )
+        await customer.until_status(S.ORDER_STATUS_READY_FOR_PICKUP, driver=True)
+        # A few metres at a time: the fixes come in real time, and location_svc drops jumps.
+        for metres in (-345, -340, -335, -330):
+            await phone.at(north(shop, metres))
+            await asyncio.sleep(0.3)
+        await customer.until(
+            lambda us: any(u.HasField("courier_position") for u in us), "a courier position"
+        )
+        await merchant.until(
+            lambda us: any(u.HasField("courier_position") for u in us), "the shop sees it too"
+        )
+        await _advance(mesh, scene, "pickup")
+        await customer.until_status(S.ORDER_STATUS_PICKED_UP)
+        for metres in (-325, -320, -315):
+            await phone.at(north(shop, metres))
+            await asyncio.sleep(0.3)
+        await _advance(mesh, scene, "deliver")
+        await asyncio.wait_for(customer.task, BOUND_S)
+        await asyncio.wait_for(merchant.task, BOUND_S)
+    finally:
+        offers.cancel()
+        await phone.close()
+        customer.stop()
+        merchant.stop()
+
+    # Every status once, in order; the courier joins while the order waits at the shop.
+    assert customer.statuses() == [
+        (S.ORDER_STATUS_PENDING, False),
+        (S.ORDER_STATUS_CONFIRMED, False),
+        (S.ORDER_STATUS_PREPARING, False),
+        (S.ORDER_STATUS_READY_FOR_PICKUP, False),
+        (S.ORDER_STATUS_READY_FOR_PICKUP, True),
+        (S.ORDER_STATUS_PICKED_UP, True),
+        (S.ORDER_STATUS_DELIVERED, True),
+    ]
+    sequences = [u.sequence for u in customer.updates]
+    assert sequences == sorted(set(sequences)), "sequence numbers strictly increase"
+    kinds = [u.WhichOneof("update") for u in customer.updates]
+    assigned = next(i for i, u in enumerate(customer.updates) if u.status_update.driver_id)
+    delivered = next(
+        i
+        for i, u in enumerate(customer.updates)
+        if u.status_update.status == S.ORDER_STATUS_DELIVERED
+    )
+    positions = [i for i, kind in enumerate(kinds) if kind == "courier_position"]
+    assert positions and all(assigned < i < delivered for i in positions)
+    assert "eta" in kinds
+    assert customer.updates[-1].status_update.status == S.ORDER_STATUS_DELIVERED
+    # The shop sees the courier only until pickup.
+    picked = next(
+        i
+        for i, u in enumerate(merchant.updates)
+        if u.status_update.status == S.ORDER_STATUS_PICKED_UP
+    )
+    assert all(i < picked for i, u in enumerate(merchant.updates) if u.HasField("courier_position"))
+    assert any(u.HasField("courier_position") for u in merchant.updates)
+
+
+async def test_strangers_and_bad_requests_are_refused(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+
+    async def refused(who: Caller, order_id: str, resume: int = 0) -> grpc.aio.AioRpcError:
+        call = mesh.tracking.TrackOrder(
+            tracking_service_pb2.TrackOrderRequest(order_id=order_id, resume_after_sequence=resume),
+            metadata=who.metadata,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+        return caught.value
+
+    err = await refused(scene.stranger, scene.order.order_id)
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    # A courier not on the order is a stranger too.
+    err = await refused(scene.courier, scene.order.order_id)
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    err = await refused(scene.customer, str(uuid.uuid4()))
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    err = await refused(scene.customer, "not-an-order")
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err)[1] == ["order_id"]
+    err = await refused(scene.customer, scene.order.order_id, resume=(1 << 62))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err)[1] == ["resume_after_sequence"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.tracking.GetEta(
+            tracking_service_pb2.GetEtaRequest(order_id=scene.order.order_id),
+            metadata=scene.stranger.metadata,
+        )
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    eta = await mesh.tracking.GetEta(
+        tracking_service_pb2.GetEtaRequest(order_id=scene.order.order_id),
+        metadata=scene.customer.metadata,
+    )
+    assert eta.eta.low_delivery_time.ToSeconds() <= eta.eta.estimated_delivery_time.ToSeconds()
+    assert eta.eta.estimated_delivery_time.ToSeconds() <= eta.eta.high_delivery_time.ToSeconds()
+    assert eta.eta.estimated_delivery_time.ToSeconds() > time.time()
+
+
+async def test_a_watcher_that_resumes_gets_exactly_the_statuses_it_missed(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    first = Watch(mesh, scene.customer, scene.order.order_id)
+    await _advance(mesh, scene, "confirm")
+    await first.until_status(S.ORDER_STATUS_CONFIRMED)
+    first.stop()
+    resume = first.last_sequence
+    await _advance(mesh, scene, "prepare", "ready")
+    again = Watch(mesh, scene.customer, scene.order.order_id, resume=resume)
+    await again.until_status(S.ORDER_STATUS_READY_FOR_PICKUP)
+    await _advance(mesh, scene, "assign")
+    await again.until_status(S.ORDER_STATUS_READY_FOR_PICKUP, driver=True)
+    again.stop()
+    assert again.statuses() == [
+        (S.ORDER_STATUS_PREPARING, False),
+        (S.ORDER_STATUS_READY_FOR_PICKUP, False),
+        (S.ORDER_STATUS_READY_FOR_PICKUP, True),
+    ]
+    assert all(u.sequence > resume for u in again.updates)
+    assert tracking_pb2.TRACKING_NOTICE_TYPE_RESYNC not in again.notices()
+
+
+async def test_resuming_after_tracking_restarts_gets_what_was_missed(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    first = Watch(mesh, scene.customer, scene.order.order_id)
+    await _advance(mesh, scene, "confirm")
+    await first.until_status(S.ORDER_STATUS_CONFIRMED)
+    resume = first.last_sequence
+    first.stop()
+    # tracking_svc goes away; the order moves on meanwhile; a new tracking_svc starts.
+    hub = mesh.hubs[-1]
+    await mesh.stop_tracking()
+    await _advance(mesh, scene, "prepare", "ready", "assign")
+    async with mesh.start_tracking():
+        assert mesh.hubs[-1] is not hub
+        again = Watch(mesh, scene.customer, scene.order.order_id, resume=resume)
+        await again.until_status(S.ORDER_STATUS_READY_FOR_PICKUP, driver=True)
+        again.stop()
+    assert again.statuses() == [
+        (S.ORDER_STATUS_PREPARING, False),
+        (S.ORDER_STATUS_READY_FOR_PICKUP, False),
+        (S.ORDER_STATUS_READY_FOR_PICKUP, True),
+    ]
+    assert all(u.sequence > resume for u in again.updates)
+
+
+async def test_a_silent_courier_is_shown_stale_then_live_again(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    phone = Phone(mesh, scene.courier)
+    try:
+        await phone.at(north(scene.shop.location, -300))
+        await _advance(mesh, scene, "confirm", "assign")
+        watch = Watch(mesh, scene.customer, scene.order.order_id)
+        await watch.until(
+            lambda us: any(u.HasField("courier_position") for u in us), "a courier position"
+        )
+        stale = tracking_pb2.TRACKING_NOTICE_TYPE_POSITION_STALE
+        resumed = tracking_pb2.TRACKING_NOTICE_TYPE_POSITION_RESUMED
+        await watch.until(lambda us: stale in watch.notices(), "the stale notice")
+        await phone.at(north(scene.shop.location, -295))
+        await watch.until(lambda us: resumed in watch.notices(), "the resumed notice")
+        await watch.until(
+            lambda us: us[-1].HasField("courier_position") and not us[-1].courier_position.stale,
+            "a live position after the notice",
+        )
+        watch.stop()
+        assert watch.notices().index(stale) < watch.notices().index(resumed)
+    finally:
+        await phone.close()
+
+
+async def test_many_watchers_share_one_upstream_subscription(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    phone = Phone(mesh, scene.courier)
+    admin = await mesh.market.admin()
+    watches: list[Watch] = []
+    try:
+        await phone.at(north(scene.shop.location, -300))
+        await _advance(mesh, scene, "confirm", "assign")
+        for i in range(30):
+            who = scene.customer if i % 3 == 0 else scene.owner if i % 3 == 1 else admin
+            watches.append(Watch(mesh, who, scene.order.order_id))
+        target = north(scene.shop.location, -295)
+        await phone.at(target)
+        for watch in watches:
+            await watch.until(
+                lambda us: any(
+                    u.HasField("courier_position")
+                    and abs(u.courier_position.position.latitude - target.latitude) < 1e-6
+                    for u in us
+                ),
+                "the courier's newest position",
+            )
+        hub = mesh.hubs[-1]
+        assert list(hub.feeds) == [scene.order.order_id]
+        assert list(hub.couriers) == [scene.courier.user_id]
+        assert hub.couriers[scene.courier.user_id].streams_opened == 1
+        assert len(hub.feeds[scene.order.order_id].watchers) == 30
+    finally:
+        for watch in watches:
+            watch.stop()
+        await phone.close()

@@ -1,0 +1,1 @@
+"""tracking_svc's Redis keys: the per-order tracking log and the ETA calibration."""
