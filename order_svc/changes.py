@@ -22,6 +22,7 @@ from order_svc.convert_orders import order_event
 from order_svc.domain.notifications import Draft, drafts_for
 from order_svc.domain.orders import Action, Order, Transition, plan
 from order_svc.store.orders import Event, NotificationDraft, OrderStore
+from order_svc.store.outbox import append_event
 
 #: Who assigns couriers when an offer is accepted.
 MATCHING = Principal("matching", Role.SERVICE)
@@ -99,3 +100,20 @@ async def assign_courier_in(
     if version is None:  # pragma: no cover - the row is locked: nobody can change it meanwhile
         raise Aborted(f"order {order_id} changed meanwhile", reason="CONCURRENT_CHANGE")
     return after
+
+
+async def announce_no_courier_in(
+    conn: asyncpg.Connection, orders: OrderStore, order_id: str, *, now: datetime
+) -> None:
+    """Writes the order's ``order.no_courier_found`` event in the transaction open on ``conn``:
+    dispatch ended a round without a courier and tries again later (tracking tells watchers)."""
+    order = await orders.get(order_id, conn=conn)
+    if order is None:
+        return
+    await append_event(
+        conn,
+        aggregate_type="order",
+        aggregate_id=order.id,
+        event_type="order.no_courier_found",
+        payload=order_event("no_courier_found", order, uuid.uuid4().hex, now),
+    )

@@ -46,6 +46,7 @@ EVENT_TYPES = {
     Action.DELIVER: order_events_pb2.ORDER_EVENT_TYPE_DELIVERED,
     Action.CANCEL: order_events_pb2.ORDER_EVENT_TYPE_CANCELLED,
     "problem": order_events_pb2.ORDER_EVENT_TYPE_PROBLEM_REPORTED,
+    "no_courier_found": order_events_pb2.ORDER_EVENT_TYPE_NO_COURIER_FOUND,
 }
 
 _ROLE_NAMES = {"customer", "driver", "merchant", "admin"}

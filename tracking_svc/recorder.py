@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from google.protobuf import timestamp_pb2
+
 from delivery.location.v1 import location_events_pb2
 from delivery.order.v1 import order_events_pb2
 from delivery.tracking.v1 import tracking_pb2, tracking_service_pb2
@@ -68,7 +70,18 @@ class Recorder:
 
     async def order_event(self, event: Event) -> None:
         message = order_events_pb2.OrderEvent()
-        if not parse_payload(event, message) or message.type not in STATUS_EVENTS:
+        if not parse_payload(event, message):
+            return
+        if message.type == _E.ORDER_EVENT_TYPE_NO_COURIER_FOUND:
+            await self._notice(
+                message.order_id,
+                f"order:{event.event_id}",
+                tracking_pb2.TRACKING_NOTICE_TYPE_NO_DRIVER_AVAILABLE,
+                "No courier has taken the order yet; we keep looking.",
+                message.occur_time,
+            )
+            return
+        if message.type not in STATUS_EVENTS:
             return
         status = _STATUS_NAMES.get(message.status)
         if status is None or not message.order_id:
@@ -100,15 +113,29 @@ class Recorder:
         if not parse_payload(event, message) or message.type not in ARRIVAL_NOTICES:
             return
         kind, text = ARRIVAL_NOTICES[message.type]
+        await self._notice(
+            message.order_id,
+            f"arrival:{message.event_id or event.event_id}",
+            kind,
+            text,
+            message.occur_time,
+        )
+
+    async def _notice(
+        self,
+        order_id: str,
+        event_id: str,
+        kind: tracking_pb2.TrackingNoticeType,
+        text: str,
+        when: timestamp_pb2.Timestamp,
+    ) -> None:
+        if not order_id:
+            return
         update = tracking_service_pb2.TrackOrderResponse(
-            event_time=message.occur_time,
-            notice=tracking_pb2.TrackingNotice(type=kind, message=text),
+            event_time=when, notice=tracking_pb2.TrackingNotice(type=kind, message=text)
         )
         entry = await self._log.append(
-            message.order_id,
-            update.SerializeToString(),
-            now_ms=clock.now_ms(),
-            event_id=f"arrival:{message.event_id or event.event_id}",
+            order_id, update.SerializeToString(), now_ms=clock.now_ms(), event_id=event_id
         )
         if entry is not None:
             self.logged += 1

@@ -7,11 +7,13 @@ offer is a row with its expiry, and whoever runs next picks up the due jobs and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
+from order_svc.changes import announce_no_courier_in
 from order_svc.domain.orders import ASSIGNABLE
+from order_svc.store.orders import OrderStore
 
 #: Order statuses in which a courier may be found.
 ASSIGNABLE_STATUSES = frozenset(s.value for s in ASSIGNABLE)
@@ -204,7 +206,8 @@ class JobStore:
     async def give_up_round(
         self, ctx: JobContext, retry_after_s: float, title: str, body: str
     ) -> None:
-        """Every attempt of this round failed: tell the customer, wait for a later round."""
+        """Every attempt of this round failed: tell the customer, announce it (tracking shows
+        it to the order's watchers), wait for a later round."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 f"""
@@ -224,6 +227,9 @@ class JobStore:
                 ctx.order_id,
                 title,
                 body,
+            )
+            await announce_no_courier_in(
+                conn, OrderStore(self._pool), ctx.order_id, now=datetime.now(UTC)
             )
 
     async def close(self, order_id: str, state: str) -> None:

@@ -22,6 +22,7 @@ from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
 from delivery.order.v1 import merchant_pb2, order_pb2, order_service_pb2
 from delivery.tracking.v1 import tracking_pb2, tracking_service_pb2, tracking_service_pb2_grpc
 from location_svc.server import build_server as build_location
+from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
 from mesh.server import MeshServer
 from mesh.settings import Settings, StoreSettings
@@ -73,6 +74,8 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
                 settings,
                 stores,
                 location_addr=f"127.0.0.1:{location.port}",
+                # One empty search ends a round: the no-courier notice comes at once.
+                rules=DispatchRules(max_attempts=1, search_again_s=0.2),
                 tick_s=0.05,
                 group_start_id="$",
                 consumer_group=f"matching-{suffix}",
@@ -242,13 +245,13 @@ class Scene:
     order: order_pb2.Order
 
 
-async def _scene(mesh: Mesh) -> Scene:
+async def _scene(mesh: Mesh, where: common_pb2.LatLng | None = HELSINKI) -> Scene:
     market = mesh.market
     owner = await market.sign_up(S.ROLE_MERCHANT)
     customer = await market.sign_up(S.ROLE_CUSTOMER)
     courier = await market.sign_up(S.ROLE_DRIVER)
     stranger = await market.sign_up(S.ROLE_CUSTOMER)
-    shop, pizza = await market.shop(owner, location=HELSINKI)
+    shop, pizza = await market.shop(owner, location=where)
     order = (
         await market.orders.CreateOrder(
             market.order_request(shop, pizza, distance_m=900), metadata=customer.metadata
@@ -534,3 +537,25 @@ async def test_many_watchers_share_one_upstream_subscription(mesh: Mesh) -> None
         for watch in watches:
             watch.stop()
         await phone.close()
+
+
+async def test_watchers_hear_when_no_courier_takes_the_order(mesh: Mesh) -> None:
+    # Somewhere random, where no courier of any test is.
+    scene = await _scene(mesh, where=None)
+    watch = Watch(mesh, scene.customer, scene.order.order_id)
+    await _advance(mesh, scene, "confirm")
+    await watch.until_status(S.ORDER_STATUS_CONFIRMED)
+    admin = await mesh.market.admin()
+    await mesh.matching.DispatchOrder(
+        matching_service_pb2.DispatchOrderRequest(order_id=scene.order.order_id),
+        metadata=admin.metadata,
+    )
+    none = tracking_pb2.TRACKING_NOTICE_TYPE_NO_DRIVER_AVAILABLE
+    await watch.until(lambda us: none in watch.notices(), "the no-courier notice")
+    resume = watch.updates[0].sequence
+    watch.stop()
+    # A watcher resuming from before it is told too: the notice is logged, not fleeting.
+    again = Watch(mesh, scene.customer, scene.order.order_id, resume=resume)
+    await again.until(lambda us: none in again.notices(), "the notice again on resume")
+    again.stop()
+    assert again.statuses() == [(S.ORDER_STATUS_CONFIRMED, False)]

@@ -27,6 +27,7 @@ class OrderEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_EVENT_TYPE_CANCELLED: _ClassVar[OrderEventType]
     ORDER_EVENT_TYPE_PROBLEM_REPORTED: _ClassVar[OrderEventType]
     ORDER_EVENT_TYPE_ESTIMATE_CHANGED: _ClassVar[OrderEventType]
+    ORDER_EVENT_TYPE_NO_COURIER_FOUND: _ClassVar[OrderEventType]
 ORDER_EVENT_TYPE_UNSPECIFIED: OrderEventType
 ORDER_EVENT_TYPE_CREATED: OrderEventType
 ORDER_EVENT_TYPE_CONFIRMED: OrderEventType
@@ -40,6 +41,7 @@ ORDER_EVENT_TYPE_DELIVERED: OrderEventType
 ORDER_EVENT_TYPE_CANCELLED: OrderEventType
 ORDER_EVENT_TYPE_PROBLEM_REPORTED: OrderEventType
 ORDER_EVENT_TYPE_ESTIMATE_CHANGED: OrderEventType
+ORDER_EVENT_TYPE_NO_COURIER_FOUND: OrderEventType
 
 class OrderEvent(_message.Message):
     __slots__ = ("event_id", "order_id", "type", "status", "version", "customer_id", "merchant_id", "driver_id", "merchant_location", "delivery_location", "estimated_prep_duration", "occur_time", "previous_driver_id", "cancel_reason", "problem", "estimated_delivery_time", "confirm_time")
