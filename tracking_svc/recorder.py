@@ -8,6 +8,7 @@ log's announcement.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from google.protobuf import timestamp_pb2
 
@@ -16,7 +17,10 @@ from delivery.order.v1 import order_events_pb2
 from delivery.tracking.v1 import tracking_pb2, tracking_service_pb2
 from mesh import clock
 from mesh.events import Event, parse_payload
+from tracking_svc.domain.eta import Estimate, EtaInputs
+from tracking_svc.domain.travel import Point
 from tracking_svc.live import STATUS_TO_PROTO, timestamp_s
+from tracking_svc.store.calibration import EtaCalibration
 from tracking_svc.store.log import TrackingLog
 
 logger = logging.getLogger(__name__)
@@ -61,10 +65,18 @@ FINAL_TTL_S = 24 * 3600
 
 
 class Recorder:
-    """The handler of both streams' events."""
+    """The handler of both streams' events; with ``calibration``, it also remembers each
+    order's first estimate (made by ``estimator`` at placement) and, on delivery, its error."""
 
-    def __init__(self, log: TrackingLog) -> None:
+    def __init__(
+        self,
+        log: TrackingLog,
+        calibration: EtaCalibration | None = None,
+        estimator: Callable[[EtaInputs], Estimate] | None = None,
+    ) -> None:
         self._log = log
+        self._calibration = calibration
+        self._estimator = estimator
         #: Entries logged.
         self.logged = 0
 
@@ -107,6 +119,30 @@ class Recorder:
         )
         if entry is not None:
             self.logged += 1
+        await self._calibrate(message)
+
+    async def _calibrate(self, message: order_events_pb2.OrderEvent) -> None:
+        if self._calibration is None or self._estimator is None:
+            return
+        when = message.occur_time.ToNanoseconds() / 1e9
+        if message.type == _E.ORDER_EVENT_TYPE_CREATED:
+            prep = message.estimated_prep_duration.ToTimedelta().total_seconds() or 900.0
+            first = self._estimator(
+                EtaInputs(
+                    now=when,
+                    status="pending",
+                    merchant=Point(
+                        message.merchant_location.latitude, message.merchant_location.longitude
+                    ),
+                    door=Point(
+                        message.delivery_location.latitude, message.delivery_location.longitude
+                    ),
+                    prep_s=prep,
+                )
+            )
+            await self._calibration.first_estimate(message.order_id, first.delivery, when)
+        elif message.type == _E.ORDER_EVENT_TYPE_DELIVERED:
+            await self._calibration.delivered(message.order_id, when)
 
     async def location_event(self, event: Event) -> None:
         message = location_events_pb2.DriverArrivalEvent()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from delivery.location.v1 import location_service_pb2_grpc
@@ -11,11 +13,13 @@ from mesh.events import EventConsumer, stream_for
 from mesh.server import MeshServer, ServiceBinding, build_mesh_server, consumer_name, run_service
 from mesh.settings import Settings
 from mesh.stores import Stores
+from tracking_svc.domain.eta import Estimate, EtaInputs, estimate
 from tracking_svc.domain.travel import CrowFlies, TravelTimes
 from tracking_svc.live import TrackingHub
 from tracking_svc.recorder import Recorder
 from tracking_svc.service import TrackingService
 from tracking_svc.settings import TrackingSettings
+from tracking_svc.store.calibration import EtaCalibration
 from tracking_svc.store.log import TrackingLog
 from tracking_svc.store.orders import OrderReader
 
@@ -46,6 +50,7 @@ async def build_server(
     )
     token = service_token(settings.auth.service_secret, "tracking")
     log = TrackingLog(stores.redis, max_entries=tracking.log_entries)
+    calibration = EtaCalibration(stores.redis)
     hub = TrackingHub(
         stores.redis,
         log,
@@ -54,6 +59,7 @@ async def build_server(
         (("authorization", f"Bearer {token}"),),
         travel,
         tracking.live,
+        band=calibration.band,
     )
     from tracking_svc.notifications import NotificationHub  # TEMP until the feed lands
 
@@ -65,7 +71,13 @@ async def build_server(
     server = build_mesh_server(settings, stores, [binding])
     server.add_worker(hub.run, hub.stop)
     server.add_worker(notifications.run, notifications.stop)
-    recorder = Recorder(log)
+    server.add_worker(calibration.run, calibration.stop)
+
+    def first_estimate(inputs: EtaInputs) -> Estimate:
+        hour = time.gmtime(inputs.now).tm_hour
+        return estimate(inputs, travel, tracking.live.eta, calibration.band(), hour)
+
+    recorder = Recorder(log, calibration, first_estimate)
     for aggregate, handler in (
         ("order", recorder.order_event),
         ("location", recorder.location_event),
