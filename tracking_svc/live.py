@@ -19,6 +19,7 @@ number's ``L``, then the newest position and estimate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -37,9 +38,10 @@ from mesh.errors import DomainError, NotFound
 from mesh.ids import canonical_uuid
 from mesh.pubsub import Listener
 from tracking_svc.domain.eta import FINAL, Band, Estimate, EtaInputs, EtaRules, estimate
-from tracking_svc.domain.travel import Point, TravelTimes
+from tracking_svc.domain.routing import RoutePlan, Stop, StopKind, replan
+from tracking_svc.domain.travel import Point, TravelTimes, Vehicle
 from tracking_svc.store.log import UPDATES_CHANNEL, Entry, TrackingLog, decode_announcement
-from tracking_svc.store.orders import OrderFacts, OrderReader
+from tracking_svc.store.orders import Carried, OrderFacts, OrderReader
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ class LiveRules:
     max_backlog: int = 256
     #: How long a feed nobody watches is kept before its upstream subscriptions end.
     linger_s: float = 10.0
+    #: How often the route of a courier carrying several orders is planned again, in seconds
+    #: (also at every status change of an order watched here).
+    route_every_s: float = 10.0
     #: The estimate's fixed parts.
     eta: EtaRules = field(default_factory=EtaRules)
 
@@ -228,11 +233,13 @@ class Watcher:
 
 
 class CourierFeed:
-    """The one upstream position stream of a courier in this process."""
+    """The one upstream position stream of a courier in this process, and, while they carry
+    several orders, the route they are expected to take."""
 
-    def __init__(self, hub: TrackingHub, driver_id: str) -> None:
+    def __init__(self, hub: TrackingHub, driver_id: str, vehicle: Vehicle) -> None:
         self.hub = hub
         self.driver_id = driver_id
+        self.vehicle = vehicle
         self.orders: set[OrderFeed] = set()
         self.last: Fix | None = None
         self.stale = False
@@ -240,11 +247,89 @@ class CourierFeed:
         self._stale_timer: asyncio.TimerHandle | None = None
         #: Upstream streams opened so far (1 unless one was lost).
         self.streams_opened = 0
+        #: The courier's planned route while they carry more than one order, else ``None``.
+        self.route: RoutePlan | None = None
+        self._replan = asyncio.Event()
+        self._routing = asyncio.create_task(self._plan_routes(), name=f"route {driver_id}")
 
     def close(self) -> None:
         self._task.cancel()
+        self._routing.cancel()
         if self._stale_timer is not None:
             self._stale_timer.cancel()
+
+    @property
+    def next_stop(self) -> Stop | None:
+        """Where the courier heads now, if they carry several orders."""
+        return self.route.stops[0].stop if self.route is not None and self.route.stops else None
+
+    def replan(self) -> None:
+        """Plans the courier's route again soon (an order of theirs changed)."""
+        self._replan.set()
+
+    async def _plan_routes(self) -> None:
+        while True:
+            try:
+                carried = await self.hub.orders.load(self.driver_id)
+            except Exception as exc:
+                logger.warning("could not read the orders of courier %s: %s", self.driver_id, exc)
+                carried = None
+            if carried is not None:
+                self._set_route(self._plan(carried))
+            # A courier with one order is looked at less often: a second one assigned to them
+            # (stacking) is the change that matters, and their status changes wake this too.
+            every = self.hub.rules.route_every_s * (1 if self.route is not None else 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._replan.wait(), every)
+            self._replan.clear()
+
+    def _plan(self, carried: list[Carried]) -> RoutePlan | None:
+        if len(carried) < 2 or self.last is None:
+            return None
+        stops: list[Stop] = []
+        rules = self.hub.rules.eta
+        for order in carried:
+            if order.status != "picked_up":
+                stops.append(
+                    Stop(
+                        f"{order.order_id}/p",
+                        order.order_id,
+                        StopKind.PICKUP,
+                        order.merchant,
+                        ready_time=order.ready_at,
+                        service_seconds=rules.pickup_service_s,
+                    )
+                )
+            stops.append(
+                Stop(
+                    f"{order.order_id}/d",
+                    order.order_id,
+                    StopKind.DROPOFF,
+                    order.door,
+                    service_seconds=rules.dropoff_service_s,
+                )
+            )
+        previous = self.route.stop_ids if self.route is not None else []
+        try:
+            return replan(
+                previous,
+                Point(self.last.lat, self.last.lng),
+                clock.now_ms() / 1000,
+                self.vehicle,
+                stops,
+                self.hub.travel,
+            )
+        except ValueError as exc:
+            logger.warning("no route for courier %s: %s", self.driver_id, exc)
+            return None
+
+    def _set_route(self, route: RoutePlan | None) -> None:
+        before = self.next_stop
+        self.route = route
+        after = self.next_stop
+        if (before and (before.order_id, before.kind)) != (after and (after.order_id, after.kind)):
+            for order in list(self.orders):
+                order.route_changed()
 
     async def _run(self) -> None:
         backoff = 0.2
@@ -347,13 +432,36 @@ class OrderFeed:
             return bool(f.driver_id) and principal.subject == f.driver_id
         return False
 
+    @property
+    def another_drop_first(self) -> bool:
+        """Whether the courier is on the way to drop another order first."""
+        courier = self.courier
+        stop = courier.next_stop if courier is not None else None
+        return stop is not None and stop.order_id != self.order_id and stop.kind is StopKind.DROPOFF
+
     def sees_position(self, principal: Principal) -> bool:
         f = self.facts
         if not f.driver_id or f.status in FINAL:
             return False
         if principal.role is Role.MERCHANT:
             return f.status in _BEFORE_PICKUP
+        if principal.role is Role.CUSTOMER:
+            # Another customer's door is none of this one's business.
+            return not self.another_drop_first
         return True
+
+    def route_changed(self) -> None:
+        """The courier's next stop changed: some customers see them again, or stop seeing them."""
+        hidden = self.another_drop_first
+        for watcher in self.watchers:
+            if watcher.principal.role is not Role.CUSTOMER:
+                continue
+            if hidden:
+                watcher.hide_position()
+                watcher.notice(notice(tracking_pb2.TRACKING_NOTICE_TYPE_COURIER_HAS_ANOTHER_DROP))
+            elif self.courier is not None and self.courier.last is not None:
+                watcher.position(self._position_update(self.courier))
+        self.reestimate(force=True)
 
     # The log.
 
@@ -397,6 +505,8 @@ class OrderFeed:
                         if not self.may_watch(watcher.principal):
                             watcher.end(NotFound(f"order {self.order_id} not found"))
                 self._refresh_facts()
+                if self.courier is not None:
+                    self.courier.replan()
         for watcher in self.watchers:
             watcher.logged(entry.seq, update)
             if not self.sees_position(watcher.principal):
@@ -435,7 +545,7 @@ class OrderFeed:
             self.hub.unfollow(self.courier, self)
             self.courier = None
         if driver:
-            self.courier = self.hub.follow(driver, self)
+            self.courier = self.hub.follow(driver, self.facts.vehicle, self)
 
     def _position_update(self, courier: CourierFeed) -> tracking_service_pb2.TrackOrderResponse:
         fix = courier.last
@@ -512,7 +622,26 @@ class OrderFeed:
             vehicle=f.vehicle,
         )
         hour = time.gmtime(now).tm_hour
-        return estimate(inputs, self.hub.travel, self.hub.rules.eta, self.hub.band(), hour)
+        plain = estimate(inputs, self.hub.travel, self.hub.rules.eta, self.hub.band(), hour)
+        route = self.courier.route if self.courier is not None else None
+        if route is None:
+            return plain
+        # A courier with several orders serves them in their route's order: this order's
+        # times are its stops' in that plan, moved by however late the plan now runs.
+        times = {p.stop.stop_id: p.departure_time for p in route.stops}
+        late = max(0.0, now - route.start_time)
+        dropoff = times.get(f"{self.order_id}/d")
+        if dropoff is None:
+            return plain
+        pickup = times.get(f"{self.order_id}/p")
+        shift = dropoff + late - plain.delivery
+        return Estimate(
+            pickup=None if pickup is None else pickup + late,
+            delivery=plain.delivery + shift,
+            low=max(now, plain.low + shift),
+            high=plain.high + shift,
+            computed=now,
+        )
 
     def reestimate(self, *, force: bool = False) -> None:
         fresh = self.compute_estimate()
@@ -551,6 +680,8 @@ class OrderFeed:
     def current(self, watcher: Watcher) -> None:
         """Queues the newest position, staleness and estimate ``watcher`` may see."""
         courier = self.courier
+        if watcher.principal.role is Role.CUSTOMER and self.another_drop_first:
+            watcher.notice(notice(tracking_pb2.TRACKING_NOTICE_TYPE_COURIER_HAS_ANOTHER_DROP))
         visible = courier is not None and self.sees_position(watcher.principal)
         if visible and courier is not None and courier.last is not None:
             if courier.stale:
@@ -732,10 +863,10 @@ class TrackingHub:
             del self.feeds[feed.order_id]
         feed.close()
 
-    def follow(self, driver_id: str, order: OrderFeed) -> CourierFeed:
+    def follow(self, driver_id: str, vehicle: Vehicle, order: OrderFeed) -> CourierFeed:
         courier = self.couriers.get(driver_id)
         if courier is None:
-            courier = CourierFeed(self, driver_id)
+            courier = CourierFeed(self, driver_id, vehicle)
             self.couriers[driver_id] = courier
         courier.orders.add(order)
         return courier

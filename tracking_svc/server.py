@@ -16,6 +16,7 @@ from mesh.stores import Stores
 from tracking_svc.domain.eta import Estimate, EtaInputs, estimate
 from tracking_svc.domain.travel import CrowFlies, TravelTimes
 from tracking_svc.live import TrackingHub
+from tracking_svc.notifications import NotificationHub
 from tracking_svc.recorder import Recorder
 from tracking_svc.service import TrackingService
 from tracking_svc.settings import TrackingSettings
@@ -61,8 +62,6 @@ async def build_server(
         tracking.live,
         band=calibration.band,
     )
-    from tracking_svc.notifications import NotificationHub  # TEMP until the feed lands
-
     notifications = NotificationHub(stores.pool, settings.stores.database_url)
     service = TrackingService(hub, log, notifications, planner=None)
     binding = ServiceBinding(

@@ -85,7 +85,9 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
             server = await build_tracking(
                 settings,
                 stores,
-                tracking=TrackingSettings(live=LiveRules(stale_after_s=STALE_S, linger_s=0.5)),
+                tracking=TrackingSettings(
+                    live=LiveRules(stale_after_s=STALE_S, linger_s=0.5, route_every_s=0.3)
+                ),
                 location_addr=f"127.0.0.1:{location.port}",
                 group_start_id="$",
                 consumer_group=f"tracking-{suffix}",
@@ -243,6 +245,7 @@ class Scene:
     stranger: Caller
     shop: merchant_pb2.Merchant
     order: order_pb2.Order
+    pizza: merchant_pb2.MenuItem
 
 
 async def _scene(mesh: Mesh, where: common_pb2.LatLng | None = HELSINKI) -> Scene:
@@ -257,7 +260,7 @@ async def _scene(mesh: Mesh, where: common_pb2.LatLng | None = HELSINKI) -> Scen
             market.order_request(shop, pizza, distance_m=900), metadata=customer.metadata
         )
     ).order
-    return Scene(customer, owner, courier, stranger, shop, order)
+    return Scene(customer, owner, courier, stranger, shop, order, pizza)
 
 
 async def _advance(mesh: Mesh, scene: Scene, *steps: str) -> None:
@@ -575,3 +578,42 @@ async def test_a_watcher_too_far_behind_gets_a_resync_and_a_fresh_snapshot(mesh:
     assert resync.notice.type == tracking_pb2.TRACKING_NOTICE_TYPE_RESYNC
     assert snapshot.status_update.status == S.ORDER_STATUS_CONFIRMED
     assert 1 < resync.sequence < snapshot.sequence
+
+
+async def test_a_customer_does_not_follow_the_courier_to_another_customers_door(
+    mesh: Mesh,
+) -> None:
+    far = await _scene(mesh)
+    market = mesh.market
+    # A second customer of the same shop, nearer, on the same courier's bike.
+    neighbour = await market.sign_up(S.ROLE_CUSTOMER)
+    near_order = (
+        await market.orders.CreateOrder(
+            market.order_request(far.shop, far.pizza, distance_m=300),
+            metadata=neighbour.metadata,
+        )
+    ).order
+    near = replace(far, customer=neighbour, order=near_order)
+    phone = Phone(mesh, far.courier)
+    try:
+        await phone.at(north(far.shop.location, -20))
+        for scene in (far, near):
+            await _advance(mesh, scene, "confirm", "prepare", "ready", "assign", "pickup")
+        watch = Watch(mesh, far.customer, far.order.order_id)
+        drop = tracking_pb2.TRACKING_NOTICE_TYPE_COURIER_HAS_ANOTHER_DROP
+        await watch.until(lambda us: drop in watch.notices(), "the another-drop notice")
+        await phone.at(north(far.shop.location, -15))
+        await phone.at(north(far.shop.location, -10))
+        hidden_until = len(watch.updates)
+        # The courier drops the nearer order; the far customer sees them again.
+        await _advance(mesh, near, "deliver")
+        await phone.at(north(far.shop.location, -5))
+        await watch.until(
+            lambda us: any(u.HasField("courier_position") for u in us[hidden_until:]),
+            "the courier's position once the other drop is done",
+        )
+        watch.stop()
+        noticed = next(i for i, u in enumerate(watch.updates) if u.notice.type == drop)
+        assert not any(u.HasField("courier_position") for u in watch.updates[noticed:hidden_until])
+    finally:
+        await phone.close()

@@ -59,6 +59,10 @@ class OrderReader:
         self._orders = OrderStore(pool)
         self._default_vehicle = default_vehicle
 
+    async def load(self, driver_id: str) -> list[Carried]:
+        """The courier's active orders."""
+        return await courier_load(self._pool, driver_id)
+
     async def facts(self, order_id: str) -> OrderFacts | None:
         """The order's facts, or ``None`` if there is no such order."""
         order = await self._orders.get(order_id)
@@ -100,3 +104,43 @@ class OrderReader:
             updated_at=order.updated_at.timestamp(),
             vehicle=kind,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """One of the orders a courier has: where to collect and drop it, and when it is ready."""
+
+    order_id: str
+    status: str
+    merchant: Point
+    door: Point
+    #: Epoch seconds the food is expected ready (``None`` once it is or once picked up).
+    ready_at: float | None
+
+
+async def courier_load(pool: asyncpg.Pool, driver_id: str) -> list[Carried]:
+    """The courier's active orders (those assigned to them and not yet final)."""
+    rows = await pool.fetch(
+        """
+        SELECT o.id::text AS id, o.status, m.lat, m.lng, o.delivery_lat, o.delivery_lng,
+               CASE WHEN o.status IN ('ready_for_pickup', 'picked_up') THEN NULL
+                    ELSE extract(epoch FROM coalesce(o.confirmed_at, now())
+                         + make_interval(secs => coalesce(o.estimated_prep_seconds,
+                                                           m.avg_prep_seconds)))
+               END AS ready_at
+          FROM orders o JOIN merchants m ON m.id = o.merchant_id
+         WHERE o.driver_id = $1::uuid
+           AND o.status IN ('pending', 'confirmed', 'preparing', 'ready_for_pickup', 'picked_up')
+        """,
+        driver_id,
+    )
+    return [
+        Carried(
+            r["id"],
+            r["status"],
+            Point(r["lat"], r["lng"]),
+            Point(r["delivery_lat"], r["delivery_lng"]),
+            float(r["ready_at"]) if r["ready_at"] is not None else None,
+        )
+        for r in rows
+    ]
