@@ -416,6 +416,7 @@ class OrderFeed:
         self._behind = False
         self._linger: asyncio.TimerHandle | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._refresh_wanted = False
         self._follow_courier()
 
     # Who may see what.
@@ -520,17 +521,23 @@ class OrderFeed:
 
     def _refresh_facts(self) -> None:
         """Reads the order again after a status change (times and estimates the log lacks)."""
+        self._refresh_wanted = True
         if self._refresh is not None and not self._refresh.done():
-            return
+            return  # the running read goes round again
 
         async def refresh() -> None:
-            try:
-                fresh = await self.hub.orders.facts(self.order_id)
-            except Exception as exc:
-                logger.warning("re-reading order %s failed: %s", self.order_id, exc)
-                return
-            if fresh is not None:
+            while self._refresh_wanted:
+                self._refresh_wanted = False
+                try:
+                    fresh = await self.hub.orders.facts(self.order_id)
+                except Exception as exc:
+                    logger.warning("re-reading order %s failed: %s", self.order_id, exc)
+                    return
+                if fresh is None:
+                    return
                 self.facts.absorb(fresh)
+                if self.courier is not None and self.courier.driver_id == fresh.driver_id:
+                    self.courier.vehicle = fresh.vehicle
                 self.reestimate(force=True)
 
         self._refresh = asyncio.create_task(refresh())

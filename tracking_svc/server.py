@@ -14,12 +14,15 @@ from mesh.server import MeshServer, ServiceBinding, build_mesh_server, consumer_
 from mesh.settings import Settings
 from mesh.stores import Stores
 from tracking_svc.domain.eta import Estimate, EtaInputs, estimate
-from tracking_svc.domain.travel import CrowFlies, TravelTimes
+from tracking_svc.domain.roads import RoadTravelTimes
+from tracking_svc.domain.travel import TravelTimes
 from tracking_svc.live import TrackingHub
 from tracking_svc.notifications import NotificationHub
+from tracking_svc.planner import Planner
 from tracking_svc.recorder import Recorder
 from tracking_svc.service import TrackingService
 from tracking_svc.settings import TrackingSettings
+from tracking_svc.speeds import SpeedLearner
 from tracking_svc.store.calibration import EtaCalibration
 from tracking_svc.store.log import TrackingLog
 from tracking_svc.store.orders import OrderReader
@@ -40,7 +43,12 @@ async def build_server(
     """Binds tracking_svc with its log writers, its live hub and the notification feed."""
     assert stores.pool is not None and stores.redis is not None
     tracking = tracking or TrackingSettings.from_env()
-    travel = travel or CrowFlies()
+    if travel is None:
+        # The road network is loaded once, here; its tables are computed on first use.
+        travel = RoadTravelTimes()
+        learner = SpeedLearner(stores.pool, travel, every_s=tracking.speeds_every_s)
+    else:
+        learner = None
     channel = grpc.aio.insecure_channel(
         location_addr or settings.peers.location_addr,
         options=[
@@ -63,7 +71,7 @@ async def build_server(
         band=calibration.band,
     )
     notifications = NotificationHub(stores.pool, settings.stores.database_url)
-    service = TrackingService(hub, log, notifications, planner=None)
+    service = TrackingService(hub, log, notifications, Planner(travel))
     binding = ServiceBinding(
         SERVICE_NAME, service, tracking_service_pb2_grpc.add_TrackingServiceServicer_to_server
     )
@@ -71,6 +79,8 @@ async def build_server(
     server.add_worker(hub.run, hub.stop)
     server.add_worker(notifications.run, notifications.stop)
     server.add_worker(calibration.run, calibration.stop)
+    if learner is not None:
+        server.add_worker(learner.run, learner.stop)
 
     def first_estimate(inputs: EtaInputs) -> Estimate:
         hour = time.gmtime(inputs.now).tm_hour

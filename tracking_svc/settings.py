@@ -21,6 +21,8 @@ class TrackingSettings:
     live: LiveRules = field(default_factory=LiveRules)
     #: Logged updates kept per order for resuming watchers.
     log_entries: int = 500
+    #: How often street speeds are learned again from the couriers' history, in seconds.
+    speeds_every_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrackingSettings:
@@ -35,9 +37,11 @@ class TrackingSettings:
                 ),
                 max_backlog=max(1, env_int(env, "TRACKING_MAX_BACKLOG", live.max_backlog)),
                 linger_s=env_positive(env, "TRACKING_LINGER_S", live.linger_s),
+                route_every_s=env_positive(env, "TRACKING_ROUTE_EVERY_S", live.route_every_s),
                 eta=EtaRules(
                     noticeable_s=env_positive(env, "ETA_NOTICEABLE_S", eta.noticeable_s),
                 ),
             ),
             log_entries=max(10, env_int(env, "TRACKING_LOG_ENTRIES", cls.log_entries)),
+            speeds_every_s=env_positive(env, "SPEEDS_EVERY_S", cls.speeds_every_s),
         )

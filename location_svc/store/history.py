@@ -117,3 +117,39 @@ def history_row(driver_id: str, fix: Fix, received: datetime, *, backfilled: boo
         fix.speed_mps,
         backfilled,
     )
+
+
+async def recent_tracks(
+    pool: asyncpg.Pool,
+    *,
+    south: float,
+    west: float,
+    north: float,
+    east: float,
+    since: datetime,
+    limit: int = 500_000,
+) -> list[list[tuple[float, float, float]]]:
+    """Couriers' fixes inside a box since a time, as one ``(lat, lng, epoch s)`` track per
+    courier in time order: the read function other services use to learn from the fleet's
+    movements (tracking_svc's street speeds). At most ``limit`` fixes, the newest first kept."""
+    rows = await pool.fetch(
+        """
+        SELECT driver_id, lat, lng, extract(epoch FROM recorded_at) AS t
+          FROM (SELECT driver_id, lat, lng, recorded_at FROM driver_location_history
+                 WHERE recorded_at >= $5 AND lat BETWEEN $1 AND $3 AND lng BETWEEN $2 AND $4
+                 ORDER BY recorded_at DESC LIMIT $6) recent
+         ORDER BY driver_id, recorded_at
+        """,
+        south,
+        west,
+        north,
+        east,
+        since,
+        limit,
+    )
+    tracks: dict[object, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        tracks.setdefault(row["driver_id"], []).append(
+            (float(row["lat"]), float(row["lng"]), float(row["t"]))
+        )
+    return list(tracks.values())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +32,10 @@ from mesh.stores import Stores
 from mesh.testing import serving, settings_for_test
 from order_svc.server import build_server as build_order
 from tests.integration.marketplace import Caller, Market, details, north
+from tracking_svc.domain.eta import EtaRules
+from tracking_svc.domain.roads import RoadTravelTimes
+from tracking_svc.domain.routing import Stop, StopKind, evaluate_route
+from tracking_svc.domain.travel import Point, Vehicle
 from tracking_svc.live import LiveRules, TrackingHub
 from tracking_svc.server import build_server as build_tracking
 from tracking_svc.settings import TrackingSettings
@@ -617,3 +623,165 @@ async def test_a_customer_does_not_follow_the_courier_to_another_customers_door(
         assert not any(u.HasField("courier_position") for u in watch.updates[noticed:hidden_until])
     finally:
         await phone.close()
+
+
+async def test_the_estimate_falls_as_the_courier_rides_to_the_door_on_helsinkis_streets(
+    mesh: Mesh,
+) -> None:
+    scene = await _scene(mesh)
+    shop, door = scene.shop.location, scene.order.delivery_location
+    phone = Phone(mesh, scene.courier)
+    roads = RoadTravelTimes()
+    watch = Watch(mesh, scene.customer, scene.order.order_id)
+    try:
+        await phone.at(shop)
+        await _advance(mesh, scene, "confirm", "prepare", "ready", "assign", "pickup")
+        await watch.until_status(S.ORDER_STATUS_PICKED_UP)
+        estimates = []
+        # 150 m every 2.5 s: brisk, but believable to location_svc's speed check.
+        for metres in (0, 150, 300, 450, 600, 750):
+            here = north(shop, metres)
+            if metres:
+                await asyncio.sleep(2.5)
+                await phone.at(here)
+            await watch.until(
+                lambda us, lat=here.latitude: any(
+                    abs(u.courier_position.position.latitude - lat) < 1e-7
+                    for u in us
+                    if u.HasField("courier_position")
+                ),
+                f"the courier {metres} m north of the shop",
+            )
+            eta = (
+                await mesh.tracking.GetEta(
+                    tracking_service_pb2.GetEtaRequest(order_id=scene.order.order_id),
+                    metadata=scene.customer.metadata,
+                )
+            ).eta
+            made = eta.compute_time.ToNanoseconds() / 1e9
+            left = eta.estimated_delivery_time.ToNanoseconds() / 1e9 - made
+            # The road network's ride from where the courier is, plus the handoff.
+            ride = roads.leg(
+                Point(here.latitude, here.longitude),
+                Point(door.latitude, door.longitude),
+                Vehicle.BICYCLE,
+                time.gmtime(made).tm_hour,
+            )
+            assert abs(left - (ride.seconds + EtaRules().dropoff_service_s)) < 1.0
+            estimates.append(left)
+        assert estimates == sorted(estimates, reverse=True), estimates
+        assert estimates[0] - estimates[-1] > 60
+    finally:
+        watch.stop()
+        await phone.close()
+
+
+async def test_plan_route_orders_stops_and_refuses_bad_ones(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    shop = scene.shop.location
+
+    def stop(stop_id: str, order: str, kind: int, metres: float, **extra: object) -> object:
+        return tracking_pb2.RouteStop(
+            stop_id=stop_id,
+            order_id=order,
+            kind=kind,  # type: ignore[arg-type]
+            location=north(shop, metres),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    pickup, dropoff = tracking_pb2.STOP_KIND_PICKUP, tracking_pb2.STOP_KIND_DROPOFF
+    start_s = int(time.time())
+    request = tracking_service_pb2.PlanRouteRequest(
+        start=north(shop, -500),
+        start_time=timestamp_pb2.Timestamp(seconds=start_s),
+        vehicle_type=S.VEHICLE_TYPE_BICYCLE,
+        stops=[
+            stop("d1", "o1", dropoff, 900),
+            stop("p1", "o1", pickup, 0, ready_time=timestamp_pb2.Timestamp(seconds=start_s + 400)),
+            stop("d2", "o2", dropoff, 400),  # already on board
+            stop("p3", "o3", pickup, 200),
+            stop("d3", "o3", dropoff, -300, service_duration=duration_pb2.Duration(seconds=60)),
+        ],
+    )
+    planned = await mesh.tracking.PlanRoute(request, metadata=scene.courier.metadata)
+    order = [p.stop.stop_id for p in planned.stops]
+    assert sorted(order) == ["d1", "d2", "d3", "p1", "p3"]
+    assert order.index("p1") < order.index("d1") and order.index("p3") < order.index("d3")
+    times = [
+        (p.arrival_time.ToNanoseconds(), p.departure_time.ToNanoseconds()) for p in planned.stops
+    ]
+    assert all(a <= d for a, d in times) and times == sorted(times)
+    # The fastest of every order that keeps pickups first, on the same streets.
+    by_id = {s.stop_id: s for s in request.stops}
+    roads = RoadTravelTimes()
+
+    def as_stop(s: tracking_pb2.RouteStop) -> Stop:
+        return Stop(
+            s.stop_id,
+            s.order_id,
+            StopKind.PICKUP if s.kind == pickup else StopKind.DROPOFF,
+            Point(s.location.latitude, s.location.longitude),
+            s.ready_time.seconds if s.HasField("ready_time") else None,
+            s.service_duration.seconds,
+        )
+
+    best = math.inf
+    for visit in itertools.permutations(by_id):
+        if visit.index("p1") > visit.index("d1") or visit.index("p3") > visit.index("d3"):
+            continue
+        route = evaluate_route(
+            Point(request.start.latitude, request.start.longitude),
+            start_s,
+            Vehicle.BICYCLE,
+            [as_stop(by_id[i]) for i in visit],
+            roads,
+        )
+        best = min(best, route.finish_time)
+    finish = planned.stops[-1].departure_time.ToNanoseconds() / 1e9
+    assert finish == pytest.approx(best, abs=1e-3)
+    assert planned.total_distance_meters == pytest.approx(
+        sum(p.distance_from_previous_meters for p in planned.stops)
+    )
+
+    async def refused(request: tracking_service_pb2.PlanRouteRequest) -> list[str]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await mesh.tracking.PlanRoute(request, metadata=scene.courier.metadata)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        return details(caught.value)[1]
+
+    nan = common_pb2.LatLng(latitude=float("nan"), longitude=0.0)
+    assert await refused(tracking_service_pb2.PlanRouteRequest(start=north(shop, 0), stops=[])) == [
+        "stops"
+    ]
+    assert await refused(
+        tracking_service_pb2.PlanRouteRequest(
+            start=north(shop, 0),
+            stops=[stop(f"s{i}", f"o{i}", dropoff, i) for i in range(21)],
+        )
+    ) == ["stops"]
+    assert await refused(
+        tracking_service_pb2.PlanRouteRequest(
+            start=nan,
+            stops=[
+                stop("p", "o", pickup, 0),
+                stop("p", "o", dropoff, 10),
+                stop("q", "o", tracking_pb2.STOP_KIND_UNSPECIFIED, 10),
+                tracking_pb2.RouteStop(stop_id="x", order_id="x", kind=dropoff, location=nan),
+                stop("lonely", "o3", pickup, 5),
+            ],
+        )
+    ) == [
+        "start.latitude",
+        "stops[0].stop_id",
+        "stops[1].stop_id",
+        "stops[2].kind",
+        "stops[3].location.latitude",
+        "stops[4]",
+    ]
+    # Customers do not plan couriers' routes.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.tracking.PlanRoute(
+            tracking_service_pb2.PlanRouteRequest(start=shop, stops=[stop("d", "o", dropoff, 10)]),
+            metadata=scene.customer.metadata,
+        )
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED

@@ -309,6 +309,12 @@ class RoadNetwork:
         return len(self._geo.edge_from)
 
     @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """The nodes' box: south, west, north, east in degrees."""
+        g = self._geo
+        return (float(g.lat.min()), float(g.lng.min()), float(g.lat.max()), float(g.lng.max()))
+
+    @property
     def learned_hours(self) -> frozenset[int]:
         """The hours of the day that have learned speeds (each has its own tables)."""
         return frozenset(self._learned)
