@@ -9,8 +9,8 @@ one ack for all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,6 +94,9 @@ class Ingest:
     history: HistoryWriter
     #: Seconds fixes wait for company before a pipeline goes out.
     tick_s: float = 0.004
+    #: How often the watched set is read again, in seconds: a new watcher's driver is
+    #: published at most this long after the watch is registered.
+    watched_refresh_s: float = 0.5
     #: Called with every stored live update (arrival detection hooks in here), from a task of
     #: its own: its round trips never hold up the next tick. Updates reach it in the order
     #: they were stored; when it falls behind it gets several ticks' worth in one call.
@@ -119,11 +122,16 @@ class Ingest:
         return self._tick_done
 
     async def run(self) -> None:
-        """Flushes a pipeline per tick until :meth:`stop`; refreshes the watched set each second."""
+        """Flushes a pipeline per tick until :meth:`stop`; refreshes the watched set beside."""
         hook = asyncio.create_task(self._run_hook()) if self.on_stored is not None else None
+        # Apart from the ticks: a round trip inside a tick would delay every fix of it.
+        refresh = asyncio.create_task(self._run_refresh())
         try:
             await self._run_ticks()
         finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
             self._ticks_over = True
             if hook is not None:
                 # Whatever was stored still reaches the hook before run returns.
@@ -131,15 +139,11 @@ class Ingest:
                 await hook
 
     async def _run_ticks(self) -> None:
-        refresh_at = 0.0
         while not self._stopping or self._pending:
             await self._wake.wait()
             # Let the fixes of this tick gather: the first one waits at most tick_s.
             await asyncio.sleep(self.tick_s)
             self._wake.clear()
-            if time.monotonic() >= refresh_at:
-                await self._refresh_watched()
-                refresh_at = time.monotonic() + 1.0
             try:
                 await self.flush()
             except Exception:
@@ -253,6 +257,11 @@ class Ingest:
                     logger.exception("a stored-fix hook failed")
             if self._ticks_over and not self._stored:
                 return
+
+    async def _run_refresh(self) -> None:
+        while True:
+            await self._refresh_watched()
+            await asyncio.sleep(self.watched_refresh_s)
 
     async def _refresh_watched(self) -> None:
         try:

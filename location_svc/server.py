@@ -15,6 +15,7 @@ from location_svc.settings import LocationSettings
 from location_svc.store.driver_index import DriverIndex
 from location_svc.store.drivers import DriverStore
 from location_svc.store.history import HistoryWriter
+from location_svc.watch import PositionHub
 from mesh.server import (
     MeshServer,
     ServiceBinding,
@@ -61,10 +62,12 @@ async def build_server(
     *,
     policy: LocationPolicy | None = None,
     rules: GeofenceRules | None = None,
+    hub: PositionHub | None = None,
 ) -> MeshServer:
     """Binds location_svc with its batcher, history writer and presence sweeper as workers.
 
-    ``policy`` and ``rules`` default to what the environment says (:class:`LocationSettings`).
+    ``policy`` and ``rules`` default to what the environment says (:class:`LocationSettings`);
+    ``hub`` (the watch streams' subscription, run as a worker here) is built if not given.
     """
     assert stores.pool is not None and stores.redis is not None
     if policy is None or rules is None:
@@ -79,7 +82,9 @@ async def build_server(
         stores.redis, rules=rules, consumer_name=consumer_name()
     )
     ingest = Ingest(stores.redis, index, drivers, history, on_stored=arrivals.on_stored)
-    service = LocationService(stores.redis, drivers, index, ingest, history, policy)
+    # One subscription for every watch stream of this process (thousands, from tracking_svc).
+    hub = hub or PositionHub(stores.redis, drivers, watch_ttl_s=policy.watch_ttl_s)
+    service = LocationService(stores.redis, drivers, index, ingest, history, hub, policy)
     binding = ServiceBinding(
         SERVICE_NAME, service, location_service_pb2_grpc.add_LocationServiceServicer_to_server
     )
@@ -91,6 +96,7 @@ async def build_server(
     server.add_worker(sweeper.run, sweeper.stop)
     listener = StatusListener(stores.redis, service)
     server.add_worker(listener.run, listener.stop)
+    server.add_worker(hub.run, hub.stop)
     for run, stop in arrival_workers:
         server.add_worker(run, stop)
     return server

@@ -29,11 +29,12 @@ from location_svc.convert import (
 )
 from location_svc.domain.fixes import DropReason, Fix, FixRules, check, check_against, check_shape
 from location_svc.domain.presence import DriverStatus, Pacing, presence
-from location_svc.ingest import POSITION_CHANNEL, WATCHED_KEY, AckSink, Ingest, Update
+from location_svc.ingest import AckSink, Ingest, Update
 from location_svc.store.driver_index import DriverIndex, slot_of
-from location_svc.store.drivers import DriverRecord, DriverStore, unpack_position
+from location_svc.store.drivers import DriverRecord, DriverStore
 from location_svc.store.geo_index import IndexEntry, shard_of
 from location_svc.store.history import HistoryWriter, history_row
+from location_svc.watch import PositionHub
 from mesh import clock
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
@@ -105,9 +106,11 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         index: DriverIndex,
         ingest: Ingest,
         history: HistoryWriter,
+        hub: PositionHub,
         policy: LocationPolicy | None = None,
     ) -> None:
         self._redis = redis
+        self._hub = hub
         self._drivers = drivers
         self._index = index
         self._ingest = ingest
@@ -490,44 +493,54 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         )
         if min_interval < 0:
             raise InvalidArgument(FieldViolation("min_interval_duration", "must not be negative"))
-        pubsub = self._redis.pubsub()
-        channel = POSITION_CHANNEL.format(record.driver_id)
-        await pubsub.subscribe(channel)
-        renew = asyncio.create_task(self._keep_watching(record.driver_id))
-        try:
+        with self._hub.watch(record.driver_id) as box:
             # The current position first, so a new watcher never starts blank.
             yield location_service_pb2.WatchDriverLocationResponse(
                 location=self._location(record, clock.now_ms())
             )
             sent_at = time.monotonic()
-            pending: bytes | None = None
             while True:
-                timeout = max(0.0, min_interval - (time.monotonic() - sent_at)) if pending else 5.0
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=timeout or 0.001
+                await box.wait()
+                # At most one message per interval, sent the moment the interval is up, with
+                # whatever is newest then.
+                wait = min_interval - (time.monotonic() - sent_at)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if not _catch_up(record, *box.take()):
+                    continue
+                yield location_service_pb2.WatchDriverLocationResponse(
+                    location=self._location(record, clock.now_ms())
                 )
-                if message is not None and message.get("type") == "message":
-                    pending = message["data"]
-                if pending is not None and time.monotonic() - sent_at >= min_interval:
-                    fix, received = unpack_position(pending)
-                    record.last, record.received_ms = fix, received
-                    yield location_service_pb2.WatchDriverLocationResponse(
-                        location=self._location(record, clock.now_ms())
-                    )
-                    sent_at = time.monotonic()
-                    pending = None
-        finally:
-            renew.cancel()
-            with contextlib.suppress(Exception):
-                await pubsub.unsubscribe(channel)
-                await pubsub.aclose()
+                sent_at = time.monotonic()
 
-    async def _keep_watching(self, driver_id: str) -> None:
-        """Keeps the driver in the watched set while this stream lives."""
-        ttl_ms = int(self._policy.watch_ttl_s * 1000)
-        while True:
-            await self._redis.zadd(WATCHED_KEY, {driver_id: clock.now_ms() + ttl_ms})
-            await asyncio.sleep(self._policy.watch_ttl_s / 3)
+
+def _catch_up(
+    record: DriverRecord, position: tuple[Fix, int] | None, reloaded: DriverRecord | None
+) -> bool:
+    """Brings a watch stream's ``record`` up to what its mailbox held; whether to send it.
+
+    A position read from the store and one published may cross: the newer fix wins, so a
+    stream never goes back to an older position.
+    """
+    changed = False
+    if reloaded is not None:
+        # Read again after a lost subscription: shown even if nothing moved (the age, the
+        # presence and the status are news too).
+        kept = (record.last, record.received_ms)
+        record.status, record.vehicle = reloaded.status, reloaded.vehicle
+        record.stream_open = reloaded.stream_open
+        record.last, record.received_ms = reloaded.last, reloaded.received_ms
+        if _newer(kept[0], record.last):
+            record.last, record.received_ms = kept
+        changed = True
+    if position is not None and _newer(position[0], record.last):
+        record.last, record.received_ms = position
+        changed = True
+    return changed
+
+
+def _newer(fix: Fix | None, than: Fix | None) -> bool:
+    return fix is not None and (than is None or fix.device_time_ms > than.device_time_ms)
 
 
 def _index_of(dropped: location_pb2.DroppedFix) -> int:

@@ -1,0 +1,324 @@
+"""The position hub: one pub/sub subscription per process for every WatchDriverLocation stream.
+
+A subscription per stream holds a Redis connection each (a few hundred watchers exhaust the
+pool and stall ingest); here one connection carries every watched driver's channel and the
+hub fans each position out in memory to per-stream mailboxes that keep only the newest one.
+
+Channels, not a pattern: the hub subscribes to ``pos:{driver}`` when the first stream of this
+process watches the driver and unsubscribes when the last one leaves. A ``pos:*`` pattern
+would hand every instance the positions of every driver watched anywhere in the mesh (each
+instance parsing and dropping the others' traffic, which grows with the number of instances);
+channel subscriptions cost a SUBSCRIBE per newly watched driver, sent in batches by one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from location_svc.domain.fixes import Fix
+from location_svc.ingest import POSITION_CHANNEL, WATCHED_KEY
+from location_svc.store.drivers import DriverRecord, DriverStore, unpack_position
+from mesh import clock
+from mesh.events import as_text
+
+logger = logging.getLogger(__name__)
+
+_CHANNEL_PREFIX = POSITION_CHANNEL.format("")
+#: How many drivers are read from the store at once when the streams are caught up.
+_RELOAD_BATCH = 32
+
+
+class Mailbox:
+    """What one stream has not shown yet: the newest position only, so a slow stream never
+    builds a backlog and never holds up the hub or other streams."""
+
+    __slots__ = ("_event", "driver_id", "position", "record")
+
+    def __init__(self, driver_id: str) -> None:
+        self.driver_id = driver_id
+        #: The newest published position not yet taken, with its receive time (ms).
+        self.position: tuple[Fix, int] | None = None
+        #: The driver's state read again from the store after a lost subscription.
+        self.record: DriverRecord | None = None
+        self._event = asyncio.Event()
+
+    def put(self, fix: Fix, received_ms: int) -> None:
+        """Keeps ``fix`` unless an equally new or newer one is already waiting."""
+        if self.position is None or fix.device_time_ms > self.position[0].device_time_ms:
+            self.position = (fix, received_ms)
+        self._event.set()
+
+    def put_record(self, record: DriverRecord) -> None:
+        """Keeps the driver's state as the store has it now (after positions may have been
+        lost): the stream shows it even if its position did not change."""
+        self.record = record
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Returns once something is waiting (at once if something already is)."""
+        await self._event.wait()
+
+    def take(self) -> tuple[tuple[Fix, int] | None, DriverRecord | None]:
+        """Hands over what is waiting and empties the mailbox."""
+        taken = (self.position, self.record)
+        self.position = self.record = None
+        self._event.clear()
+        return taken
+
+
+class WatchRenewal:
+    """One loop per process that keeps every driver watched here in the watched set (ingest
+    publishes the positions of those drivers only): one ZADD for all of them per round, every
+    ``ttl_s / 3`` and at once when :meth:`kick` says a driver is newly watched; a Redis error
+    is logged and the round retried after ``retry_s``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        drivers: Collection[str],
+        ttl_s: float = 30.0,
+        *,
+        retry_s: float = 1.0,
+        key: str = WATCHED_KEY,
+    ) -> None:
+        self._redis = redis
+        #: The watched drivers, a live collection read at each round.
+        self._drivers = drivers
+        self._ttl_ms = int(ttl_s * 1000)
+        self._interval_s = ttl_s / 3
+        self._retry_s = retry_s
+        self._key = key
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        #: Rounds that renewed every watched driver, and rounds that failed.
+        self.renewals = 0
+        self.errors = 0
+
+    def kick(self) -> None:
+        """Starts a round now (or as soon as the one under way is done)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Renews until :meth:`stop`."""
+        while not self._stopping.is_set():
+            self._wake.clear()
+            delay = self._interval_s
+            drivers = list(self._drivers)
+            if drivers:
+                now_ms = clock.now_ms()
+                lapses = now_ms + self._ttl_ms
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.zadd(self._key, dict.fromkeys(drivers, lapses))
+                # Lapsed watches would otherwise stay in the set for good.
+                pipe.zremrangebyscore(self._key, "-inf", now_ms - self._ttl_ms)
+                try:
+                    await pipe.execute()
+                    self.renewals += 1
+                except Exception as exc:
+                    self.errors += 1
+                    delay = self._retry_s
+                    logger.warning("could not renew %d watched drivers: %r", len(drivers), exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_or_stop(), delay)
+
+    async def _wake_or_stop(self) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((stop, wake), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to return."""
+        self._stopping.set()
+
+
+class PositionHub:
+    """Fans the positions of watched drivers out to this process's watch streams over one
+    pub/sub connection, kept alive across Redis restarts: after a lost subscription it
+    subscribes again and hands every stream its driver's state read again from the store
+    (positions published meanwhile are gone)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        drivers: DriverStore,
+        *,
+        watch_ttl_s: float = 30.0,
+        retry_s: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._drivers = drivers
+        self._retry_s = retry_s
+        self._boxes: dict[str, set[Mailbox]] = {}
+        #: Drivers whose channel was asked for on the current connection, and those whose
+        #: subscription Redis confirmed.
+        self._requested: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.renewal = WatchRenewal(redis, self._boxes.keys(), watch_ttl_s, retry_s=retry_s)
+        #: Set once subscribed the first time.
+        self.ready = asyncio.Event()
+        #: Subscriptions lost so far.
+        self.errors = 0
+
+    # --- what streams use ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch(self, driver_id: str) -> Iterator[Mailbox]:
+        """A mailbox of ``driver_id``'s positions for as long as the block runs."""
+        box = Mailbox(driver_id)
+        boxes = self._boxes.get(driver_id)
+        if boxes is None:
+            boxes = self._boxes[driver_id] = set()
+            self._changed.set()
+            self.renewal.kick()
+        boxes.add(box)
+        try:
+            yield box
+        finally:
+            boxes.discard(box)
+            if not boxes:
+                del self._boxes[driver_id]
+                # Left in the watched set until its watch lapses: another instance may still
+                # have watchers of this driver.
+                self._changed.set()
+
+    def watchers(self, driver_id: str) -> int:
+        """How many streams of this process watch ``driver_id``."""
+        return len(self._boxes.get(driver_id, ()))
+
+    @property
+    def subscribed_drivers(self) -> int:
+        """How many drivers' channels Redis confirmed subscribed on the hub's connection."""
+        return len(self._subscribed)
+
+    # --- the subscription ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keeps the subscription and the renewal going until :meth:`stop`."""
+        renewal = asyncio.create_task(self.renewal.run())
+        try:
+            await self._run_subscription()
+        finally:
+            self.renewal.stop()
+            await renewal
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to return."""
+        self._stopping.set()
+        self._changed.set()
+
+    async def _run_subscription(self) -> None:
+        while not self._stopping.is_set():
+            if not self._boxes:
+                # Nobody watches yet: no connection is held until somebody does.
+                await self._changed.wait()
+                self._changed.clear()
+                continue
+            pubsub = self._redis.pubsub()
+            self._requested, self._subscribed = set(), set()
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await self._sync(pubsub)
+                # Every subscription confirmed before the streams are caught up: a position
+                # published after that reaches them, one published before is in the store.
+                while not self._requested <= self._subscribed:
+                    self._handle(await pubsub.get_message(timeout=None))
+                again = self.ready.is_set()
+                self.ready.set()
+                tasks = [
+                    asyncio.create_task(self._read(pubsub)),
+                    asyncio.create_task(self._keep_subscribed(pubsub)),
+                ]
+                if again:
+                    self.renewal.kick()
+                    await self._reload()
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            except Exception as exc:
+                self.errors += 1
+                logger.warning("position subscription lost; subscribing again: %r", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._retry_s)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(BaseException):
+                        await task
+                self._requested, self._subscribed = set(), set()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _keep_subscribed(self, pubsub: PubSub) -> None:
+        """Follows the watched drivers; the only task that writes to the connection."""
+        while True:
+            await self._changed.wait()
+            if self._stopping.is_set():
+                return
+            await self._sync(pubsub)
+
+    async def _sync(self, pubsub: PubSub) -> None:
+        """Subscribes to the newly watched drivers and drops the unwatched, a command each."""
+        self._changed.clear()
+        wanted = set(self._boxes)
+        gone = self._requested - wanted
+        new = wanted - self._requested
+        if gone:
+            self._requested -= gone
+            # Never with no arguments: that would unsubscribe from everything.
+            await pubsub.unsubscribe(*(POSITION_CHANNEL.format(d) for d in gone))
+        if new:
+            self._requested |= new
+            await pubsub.subscribe(*(POSITION_CHANNEL.format(d) for d in new))
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            self._handle(await pubsub.get_message(timeout=None))
+
+    def _handle(self, message: dict[str, Any] | None) -> None:
+        if message is None:
+            return
+        kind = message.get("type")
+        if kind == "message":
+            self._heard(as_text(message["channel"]), message["data"])
+        elif kind == "subscribe":
+            self._subscribed.add(as_text(message["channel"]).removeprefix(_CHANNEL_PREFIX))
+        elif kind == "unsubscribe":
+            self._subscribed.discard(as_text(message["channel"]).removeprefix(_CHANNEL_PREFIX))
+
+    def _heard(self, channel: str, data: bytes) -> None:
+        boxes = self._boxes.get(channel.removeprefix(_CHANNEL_PREFIX))
+        if not boxes:
+            return
+        try:
+            fix, received_ms = unpack_position(bytes(data))
+        except ValueError:
+            logger.warning("unreadable position on %s: %r", channel, data)
+            return
+        for box in boxes:
+            box.put(fix, received_ms)
+
+    async def _reload(self) -> None:
+        """Hands every stream its driver's state as the store has it now."""
+        drivers = list(self._boxes)
+        for start in range(0, len(drivers), _RELOAD_BATCH):
+            batch = drivers[start : start + _RELOAD_BATCH]
+            records = await asyncio.gather(*(self._drivers.load(d) for d in batch))
+            for driver_id, record in zip(batch, records, strict=True):
+                if record is None:
+                    continue
+                for box in self._boxes.get(driver_id, ()):
+                    box.put_record(record)
