@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -15,7 +16,7 @@ from mesh.settings import Settings
 from mesh.stores import Stores
 from tracking_svc.domain.eta import Estimate, EtaInputs, estimate
 from tracking_svc.domain.roads import RoadTravelTimes
-from tracking_svc.domain.travel import TravelTimes
+from tracking_svc.domain.travel import TravelTimes, Vehicle
 from tracking_svc.live import TrackingHub
 from tracking_svc.notifications import NotificationHub
 from tracking_svc.planner import Planner
@@ -81,6 +82,16 @@ async def build_server(
     server.add_worker(calibration.run, calibration.stop)
     if learner is not None:
         server.add_worker(learner.run, learner.stop)
+    if isinstance(travel, RoadTravelTimes):
+        network = travel.network
+
+        async def prepare() -> None:
+            # Each vehicle's all-pairs table takes about half a second: computed beside the
+            # serving loop at start rather than inside the first estimate that needs it.
+            for vehicle in Vehicle:
+                await asyncio.to_thread(network.prepare, vehicle)
+
+        server.add_worker(prepare, lambda: None)
 
     def first_estimate(inputs: EtaInputs) -> Estimate:
         hour = time.gmtime(inputs.now).tm_hour

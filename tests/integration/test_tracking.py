@@ -785,3 +785,34 @@ async def test_plan_route_orders_stops_and_refuses_bad_ones(mesh: Mesh) -> None:
             metadata=scene.customer.metadata,
         )
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_notifications_stream_live_through_tracking(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    listed = await mesh.market.orders.ListNotifications(
+        order_service_pb2.ListNotificationsRequest(), metadata=scene.customer.metadata
+    )
+    # Resuming after the newest one the customer has: no race with the stream's start.
+    newest = max(int(n.notification_id) for n in listed.notifications)
+    feed = mesh.tracking.StreamNotifications(
+        tracking_service_pb2.StreamNotificationsRequest(resume_after_sequence=newest),
+        metadata=scene.customer.metadata,
+    )
+    try:
+        await _advance(mesh, scene, "confirm", "prepare")
+        had = {n.notification_id for n in listed.notifications}
+        got = []
+        while len(got) < 2:
+            message = await asyncio.wait_for(feed.read(), BOUND_S)
+            # A resume re-reads a few seconds before its point (late commits): a client drops
+            # what it has by id.
+            if message.notification.notification_id not in had:
+                got.append(message)
+    finally:
+        feed.cancel()
+    assert [n.notification.type for n in got] == [
+        order_pb2.NOTIFICATION_TYPE_ORDER_CONFIRMED,
+        order_pb2.NOTIFICATION_TYPE_ORDER_PREPARING,
+    ]
+    assert got[0].sequence < got[1].sequence
+    assert {n.notification.order_id for n in got} == {scene.order.order_id}
