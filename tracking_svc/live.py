@@ -82,6 +82,8 @@ class LiveRules:
     max_backlog: int = 256
     #: How long a feed nobody watches is kept before its upstream subscriptions end.
     linger_s: float = 10.0
+    #: A moving courier's orders have their estimate recomputed at most this often, in seconds.
+    eta_every_s: float = 2.0
     #: How often the route of a courier carrying several orders is planned again, in seconds
     #: (also at every status change of an order watched here).
     route_every_s: float = 10.0
@@ -417,6 +419,7 @@ class OrderFeed:
         self._linger: asyncio.TimerHandle | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._refresh_wanted = False
+        self._estimated_at = -1e9
         self._follow_courier()
 
     # Who may see what.
@@ -651,6 +654,12 @@ class OrderFeed:
         )
 
     def reestimate(self, *, force: bool = False) -> None:
+        """Computes the estimate again and sends it if it moved noticeably; a courier's
+        movement recomputes it at most every ``eta_every_s`` (a status change at once)."""
+        now = time.monotonic()
+        if not force and now - self._estimated_at < self.hub.rules.eta_every_s:
+            return
+        self._estimated_at = now
         fresh = self.compute_estimate()
         if fresh is None:
             return

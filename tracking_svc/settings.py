@@ -38,6 +38,7 @@ class TrackingSettings:
                 max_backlog=max(1, env_int(env, "TRACKING_MAX_BACKLOG", live.max_backlog)),
                 linger_s=env_positive(env, "TRACKING_LINGER_S", live.linger_s),
                 route_every_s=env_positive(env, "TRACKING_ROUTE_EVERY_S", live.route_every_s),
+                eta_every_s=env_positive(env, "ETA_EVERY_S", live.eta_every_s),
                 eta=EtaRules(
                     noticeable_s=env_positive(env, "ETA_NOTICEABLE_S", eta.noticeable_s),
                 ),

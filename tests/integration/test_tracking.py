@@ -24,6 +24,8 @@ from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
 from delivery.order.v1 import merchant_pb2, order_pb2, order_service_pb2
 from delivery.tracking.v1 import tracking_pb2, tracking_service_pb2, tracking_service_pb2_grpc
 from location_svc.server import build_server as build_location
+from location_svc.store.drivers import DriverStore
+from location_svc.watch import PositionHub
 from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
 from mesh.server import MeshServer
@@ -62,6 +64,8 @@ class Mesh:
     #: Stops the tracking server the fixture started.
     stop_tracking: Callable[[], Awaitable[None]]
     hubs: list[TrackingHub]
+    #: location_svc's watch hub: its upstream streams, seen from location_svc's side.
+    location_hub: PositionHub
 
 
 @pytest.fixture
@@ -73,7 +77,13 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
     # Only this test's events: the shared test Redis keeps older runs' streams.
     suffix = uuid.uuid4().hex[:8]
     hubs: list[TrackingHub] = []
-    async with serving(build_location, location_settings, stores) as (location, location_ch):
+    assert stores.redis is not None and stores.pool is not None
+    location_hub = PositionHub(stores.redis, DriverStore(stores.redis, stores.pool))
+
+    async def location_server(settings: Settings, stores: Stores) -> MeshServer:
+        return await build_location(settings, stores, hub=location_hub)
+
+    async with serving(location_server, location_settings, stores) as (location, location_ch):
 
         async def matching(settings: Settings, stores: Stores) -> MeshServer:
             return await build_matching(
@@ -142,6 +152,7 @@ async def mesh(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[M
                     start_tracking,
                     stop_tracking,
                     hubs,
+                    location_hub,
                 )
             finally:
                 await channel.close()
@@ -163,10 +174,10 @@ class Phone:
         while (item := await self._queue.get()) is not None:
             yield item
 
-    async def at(self, where: common_pb2.LatLng) -> None:
-        """Sends a fix at ``where`` and waits for its ack."""
+    async def at(self, where: common_pb2.LatLng, device_ms: int | None = None) -> None:
+        """Sends a fix at ``where`` (stamped now, or at ``device_ms``) and waits for its ack."""
         self._sequence += 1
-        ms = time.time_ns() // 1_000_000
+        ms = device_ms if device_ms is not None else time.time_ns() // 1_000_000
         fix = location_pb2.LocationFix(
             position=where,
             accuracy_meters=8.0,
@@ -541,6 +552,8 @@ async def test_many_watchers_share_one_upstream_subscription(mesh: Mesh) -> None
         assert list(hub.feeds) == [scene.order.order_id]
         assert list(hub.couriers) == [scene.courier.user_id]
         assert hub.couriers[scene.courier.user_id].streams_opened == 1
+        # location_svc serves that one stream for the courier, and no other.
+        assert mesh.location_hub.watchers(scene.courier.user_id) == 1
         assert len(hub.feeds[scene.order.order_id].watchers) == 30
     finally:
         for watch in watches:
@@ -816,3 +829,55 @@ async def test_notifications_stream_live_through_tracking(mesh: Mesh) -> None:
     ]
     assert got[0].sequence < got[1].sequence
     assert {n.notification.order_id for n in got} == {scene.order.order_id}
+
+
+async def test_arrival_notices_come_from_location_svcs_geofences(mesh: Mesh) -> None:
+    scene = await _scene(mesh)
+    shop, door = scene.shop.location, scene.order.delivery_location
+    phone = Phone(mesh, scene.courier)
+    watch = Watch(mesh, scene.customer, scene.order.order_id)
+    # The phone's clock runs from ten minutes ago, a fix every 5 s of it, so a dwell of 20 s
+    # passes in a few real fixes.
+    clock_ms = time.time_ns() // 1_000_000 - 10 * 60_000
+
+    async def stay(where: common_pb2.LatLng, notice: int, what: str) -> None:
+        nonlocal clock_ms
+        deadline = time.monotonic() + BOUND_S
+        # location_svc's fence for the courier appears once it hears the order's event: keep
+        # standing there until the notice comes.
+        while notice not in watch.notices():
+            assert time.monotonic() < deadline, f"not within {BOUND_S} s: {what}"
+            clock_ms += 5_000
+            await phone.at(where, device_ms=clock_ms)
+            await asyncio.sleep(0.1)
+
+    try:
+        await phone.at(north(shop, -100), device_ms=clock_ms)
+        await _advance(mesh, scene, "confirm", "prepare", "assign")
+        await stay(shop, tracking_pb2.TRACKING_NOTICE_TYPE_ARRIVED_AT_MERCHANT, "at the shop")
+        await _advance(mesh, scene, "ready", "pickup")
+        await watch.until_status(S.ORDER_STATUS_PICKED_UP)
+        # 100 m every 5 s of the phone's clock: a believable ride to the door.
+        for metres in range(100, 900, 100):
+            clock_ms += 5_000
+            await phone.at(north(shop, metres), device_ms=clock_ms)
+        await stay(door, tracking_pb2.TRACKING_NOTICE_TYPE_ARRIVED_AT_CUSTOMER, "at the door")
+        watch.stop()
+    finally:
+        await phone.close()
+    notices = [
+        n
+        for n in watch.notices()
+        if n
+        in (
+            tracking_pb2.TRACKING_NOTICE_TYPE_ARRIVED_AT_MERCHANT,
+            tracking_pb2.TRACKING_NOTICE_TYPE_DRIVER_APPROACHING,
+            tracking_pb2.TRACKING_NOTICE_TYPE_ARRIVED_AT_CUSTOMER,
+        )
+    ]
+    # Riding from the shop to the door crosses the approach band: approaching, then at the door.
+    assert notices == [
+        tracking_pb2.TRACKING_NOTICE_TYPE_ARRIVED_AT_MERCHANT,
+        tracking_pb2.TRACKING_NOTICE_TYPE_DRIVER_APPROACHING,
+        tracking_pb2.TRACKING_NOTICE_TYPE_ARRIVED_AT_CUSTOMER,
+    ]
