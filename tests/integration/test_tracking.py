@@ -412,6 +412,13 @@ async def test_a_whole_order_is_watched_from_placement_to_delivery(mesh: Mesh) -
     )
     assert all(i < picked for i, u in enumerate(merchant.updates) if u.HasField("courier_position"))
     assert any(u.HasField("courier_position") for u in merchant.updates)
+    # Nothing is left to estimate.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await mesh.tracking.GetEta(
+            tracking_service_pb2.GetEtaRequest(order_id=order.order_id),
+            metadata=scene.customer.metadata,
+        )
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_strangers_and_bad_requests_are_refused(mesh: Mesh) -> None:
