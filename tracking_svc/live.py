@@ -45,6 +45,8 @@ from tracking_svc.store.orders import Carried, OrderFacts, OrderReader
 
 logger = logging.getLogger(__name__)
 
+#: A courier's route with more stops than this is planned in a worker thread.
+_PLAN_INLINE_STOPS = 8
 #: Bits of a sequence number below the log number.
 SEQ_SHIFT = 20
 _SUB_MASK = (1 << SEQ_SHIFT) - 1
@@ -252,6 +254,7 @@ class CourierFeed:
         #: The courier's planned route while they carry more than one order, else ``None``.
         self.route: RoutePlan | None = None
         self._replan = asyncio.Event()
+        self._carrying = 0
         self._routing = asyncio.create_task(self._plan_routes(), name=f"route {driver_id}")
 
     def close(self) -> None:
@@ -271,23 +274,30 @@ class CourierFeed:
 
     async def _plan_routes(self) -> None:
         while True:
+            # Cleared before reading: a change heard while planning plans again at once.
+            self._replan.clear()
             try:
                 carried = await self.hub.orders.load(self.driver_id)
             except Exception as exc:
                 logger.warning("could not read the orders of courier %s: %s", self.driver_id, exc)
                 carried = None
             if carried is not None:
-                self._set_route(self._plan(carried))
+                self._carrying = len(carried)
+                stops = self._stops(carried)
+                if len(stops) > _PLAN_INLINE_STOPS:
+                    # A long list takes the planner a noticeable time: off the event loop.
+                    self._set_route(await asyncio.to_thread(self._plan, stops))
+                else:
+                    self._set_route(self._plan(stops))
             # A courier with one order is looked at less often: a second one assigned to them
             # (stacking) is the change that matters, and their status changes wake this too.
-            every = self.hub.rules.route_every_s * (1 if self.route is not None else 3)
+            every = self.hub.rules.route_every_s * (1 if self._carrying > 1 else 3)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._replan.wait(), every)
-            self._replan.clear()
 
-    def _plan(self, carried: list[Carried]) -> RoutePlan | None:
-        if len(carried) < 2 or self.last is None:
-            return None
+    def _stops(self, carried: list[Carried]) -> list[Stop]:
+        if len(carried) < 2:
+            return []
         stops: list[Stop] = []
         rules = self.hub.rules.eta
         for order in carried:
@@ -311,6 +321,11 @@ class CourierFeed:
                     service_seconds=rules.dropoff_service_s,
                 )
             )
+        return stops
+
+    def _plan(self, stops: list[Stop]) -> RoutePlan | None:
+        if not stops or self.last is None:
+            return None
         previous = self.route.stop_ids if self.route is not None else []
         try:
             return replan(
@@ -365,6 +380,7 @@ class CourierFeed:
             return
         age = loc.position_age_duration.ToTimedelta().total_seconds()
         seen_at = time.monotonic() - max(0.0, age)
+        first = self.last is None
         self.last = Fix(
             loc.position.latitude,
             loc.position.longitude,
@@ -372,6 +388,8 @@ class CourierFeed:
             fix_ms,
             seen_at,
         )
+        if first:
+            self.replan()  # the route starts where the courier is
         was_stale = self.stale
         self.stale = self._age() >= self.hub.rules.stale_after_s
         self._arm()
