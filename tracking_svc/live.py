@@ -139,6 +139,7 @@ class Watcher:
         self._eta: tracking_service_pb2.TrackOrderResponse | None = None
         self._notices: deque[tracking_service_pb2.TrackOrderResponse] = deque(maxlen=8)
         self._position_sent_at = -1e9
+        self._position_fix_ms = 0
         self.wake = asyncio.Event()
         #: Set when the stream must end: ``None`` ends it cleanly, an error ends it with that.
         self.ended = False
@@ -197,8 +198,11 @@ class Watcher:
         self.last_sent += 1
         return self.last_sent
 
-    def take(self) -> tuple[list[tracking_service_pb2.TrackOrderResponse], float | None]:
-        """What to send now, and how long until a held-back position may go (or ``None``)."""
+    def take(
+        self, now: float | None = None
+    ) -> tuple[list[tracking_service_pb2.TrackOrderResponse], float | None]:
+        """What to send now (``now`` by the monotonic clock), and how long until a held-back
+        position may go (or ``None``)."""
         out: list[tracking_service_pb2.TrackOrderResponse] = []
         while self._logged:
             seq, update = self._logged.popleft()
@@ -224,13 +228,20 @@ class Watcher:
             self._eta = None
         wait = None
         if self._position is not None:
-            now = time.monotonic()
-            due = self._position_sent_at + self._rules.position_interval_s
-            if now >= due:
+            now = time.monotonic() if now is None else now
+            interval = self._rules.position_interval_s
+            fix_ms = self._position.courier_position.fix_time.ToMilliseconds()
+            due = self._position_sent_at + interval
+            # One position per second of the courier's own clock goes at once (a phone sending
+            # every second is never held back by the jitter of its arrivals); faster ones wait
+            # for their turn by the server's clock.
+            paced = fix_ms - self._position_fix_ms >= interval * 1000 and now >= due - interval / 4
+            if now >= due or paced:
                 self._position.sequence = self._next()
                 out.append(self._position)
                 self._position = None
                 self._position_sent_at = now
+                self._position_fix_ms = fix_ms
             else:
                 wait = due - now
         return out, wait

@@ -4,7 +4,6 @@ route planner."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -83,8 +82,12 @@ class TrackingService(tracking_service_pb2_grpc.TrackingServiceServicer):
                         raise watcher.error
                     return
                 if wait is not None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(watcher.wake.wait(), wait)
+                    # A timer that sets the event, not a wait_for: no task per wake-up.
+                    timer = asyncio.get_running_loop().call_later(wait, watcher.wake.set)
+                    try:
+                        await watcher.wake.wait()
+                    finally:
+                        timer.cancel()
                 elif not watcher.wake.is_set():
                     await watcher.wake.wait()
         finally:

@@ -20,12 +20,10 @@ def _status(version: int) -> R:
     )
 
 
-def _position(lat: float) -> R:
-    return R(
-        courier_position=tracking_pb2.CourierPosition(
-            position=common_pb2.LatLng(latitude=lat, longitude=1.0)
-        )
-    )
+def _position(lat: float, fix_s: float = 0.0) -> R:
+    position = tracking_pb2.CourierPosition(position=common_pb2.LatLng(latitude=lat, longitude=1.0))
+    position.fix_time.FromMilliseconds(int(fix_s * 1000))
+    return R(courier_position=position)
 
 
 def _watcher(**rules: object) -> Watcher:
@@ -89,3 +87,18 @@ async def test_ending_wakes_the_stream() -> None:
     watcher.end()
     await asyncio.wait_for(waiting, 1)
     assert watcher.ended and watcher.error is None
+
+
+async def test_a_phone_sending_every_second_is_not_held_back_by_arrival_jitter() -> None:
+    watcher = _watcher(position_interval_s=1.0)
+    # Fixes one second apart by the phone's clock, arriving 0.9 s apart here: each goes at once.
+    for i, arrived in enumerate((100.0, 100.9, 101.8, 102.7)):
+        watcher.position(_position(i, fix_s=1000.0 + i))
+        sent, wait = watcher.take(now=arrived)
+        assert [u.courier_position.position.latitude for u in sent] == [i] and wait is None
+    # A phone sending faster (fixes 0.2 s apart) is held to one a second by this clock.
+    watcher.position(_position(9, fix_s=1003.2))
+    sent, wait = watcher.take(now=102.9)
+    assert sent == [] and wait is not None and abs(wait - 0.8) < 1e-9
+    sent, wait = watcher.take(now=103.7)
+    assert [u.courier_position.position.latitude for u in sent] == [9]
