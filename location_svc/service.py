@@ -34,7 +34,7 @@ from location_svc.store.driver_index import DriverIndex, slot_of
 from location_svc.store.drivers import DriverRecord, DriverStore
 from location_svc.store.geo_index import IndexEntry, shard_of
 from location_svc.store.history import HistoryWriter, history_row
-from location_svc.watch import PositionHub
+from location_svc.watch import Followed, PositionHub
 from mesh import clock
 from mesh.auth import Principal, Role, current_principal
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
@@ -513,6 +513,99 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                 )
                 sent_at = time.monotonic()
 
+    async def FollowDrivers(
+        self,
+        request_iterator: AsyncIterator[location_service_pb2.FollowDriversRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[location_service_pb2.FollowDriversResponse]:
+        principal = current_principal()
+        if principal.role not in (Role.SERVICE, Role.ADMIN):
+            raise PermissionDenied(
+                "following couriers is for the mesh's services and admins",
+                reason="POSITION_PRIVATE",
+            )
+        followed = Followed(self._hub)
+        records: dict[str, DriverRecord] = {}
+        fresh: set[str] = set()
+        unknown: list[str] = []
+        failure: list[BaseException] = []
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    await self._follow_changes(request, followed, records, fresh, unknown)
+                    followed.wake()
+            except BaseException as exc:
+                failure.append(exc)
+                followed.wake()
+                raise
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while True:
+                await followed.wait()
+                if failure:
+                    raise failure[0]
+                pending = followed.take()
+                now_ms = clock.now_ms()
+                locations = []
+                for driver_id, (position, reloaded) in pending.items():
+                    record = records.get(driver_id)
+                    if record is not None and _catch_up(record, position, reloaded):
+                        fresh.discard(driver_id)
+                        locations.append(self._location(record, now_ms))
+                for driver_id in list(fresh):
+                    record = records.get(driver_id)
+                    if record is not None:
+                        locations.append(self._location(record, now_ms))
+                fresh.clear()
+                if locations or unknown:
+                    for start in range(0, max(len(locations), 1), _FOLLOW_BATCH):
+                        yield location_service_pb2.FollowDriversResponse(
+                            locations=locations[start : start + _FOLLOW_BATCH],
+                            unknown_driver_ids=unknown if start == 0 else (),
+                        )
+                    unknown.clear()
+        finally:
+            reader.cancel()
+            followed.close()
+
+    async def _follow_changes(
+        self,
+        request: location_service_pb2.FollowDriversRequest,
+        followed: Followed,
+        records: dict[str, DriverRecord],
+        fresh: set[str],
+        unknown: list[str],
+    ) -> None:
+        """Applies one FollowDrivers request: drops, then follows (each new one sent first)."""
+        check = Validator()
+        for name in ("follow_driver_ids", "unfollow_driver_ids"):
+            check.check(
+                len(getattr(request, name)) <= _FOLLOW_BATCH * 2,
+                name,
+                f"at most {_FOLLOW_BATCH * 2} per message",
+            )
+        check.raise_if_any()
+        for driver_id in request.unfollow_driver_ids:
+            followed.unfollow(driver_id)
+            records.pop(driver_id, None)
+            fresh.discard(driver_id)
+        new = [d for d in dict.fromkeys(request.follow_driver_ids) if d not in followed]
+        for start in range(0, len(new), 32):
+            batch = new[start : start + 32]
+            # Subscribed before the state is read: a position published in between is heard.
+            for driver_id in batch:
+                followed.follow(driver_id)
+            loaded = await asyncio.gather(*(self._drivers.load(d) for d in batch))
+            for driver_id, record in zip(batch, loaded, strict=True):
+                if record is None:
+                    followed.unfollow(driver_id)
+                    unknown.append(driver_id)
+                else:
+                    records[driver_id] = record
+                    fresh.add(driver_id)
+
 
 def _catch_up(
     record: DriverRecord, position: tuple[Fix, int] | None, reloaded: DriverRecord | None
@@ -545,6 +638,10 @@ def _newer(fix: Fix | None, than: Fix | None) -> bool:
 
 def _index_of(dropped: location_pb2.DroppedFix) -> int:
     return dropped.index
+
+
+#: Locations per FollowDrivers message (and half the ids a request may name).
+_FOLLOW_BATCH = 500
 
 
 class StatusListener:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -71,6 +71,86 @@ class Mailbox:
         self.position = self.record = None
         self._event.clear()
         return taken
+
+
+class Receiver(Protocol):
+    """What the hub hands a driver's positions to: a stream's mailbox, or a follower's slot."""
+
+    def put(self, fix: Fix, received_ms: int) -> None: ...
+
+    def put_record(self, record: DriverRecord) -> None: ...
+
+
+class Followed:
+    """The mailbox of a FollowDrivers stream: the newest position (and any state read again)
+    of each followed driver since the stream last took, behind one event. A slot per driver
+    stands in the hub for it."""
+
+    def __init__(self, hub: PositionHub) -> None:
+        self._hub = hub
+        self._slots: dict[str, _Slot] = {}
+        #: Per driver: the newest position not yet taken, and a state read again.
+        self.pending: dict[str, tuple[tuple[Fix, int] | None, DriverRecord | None]] = {}
+        self._event = asyncio.Event()
+
+    def __contains__(self, driver_id: str) -> bool:
+        return driver_id in self._slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def follow(self, driver_id: str) -> None:
+        if driver_id not in self._slots:
+            slot = self._slots[driver_id] = _Slot(self, driver_id)
+            self._hub.attach(driver_id, slot)
+
+    def unfollow(self, driver_id: str) -> None:
+        slot = self._slots.pop(driver_id, None)
+        if slot is not None:
+            self._hub.detach(driver_id, slot)
+        self.pending.pop(driver_id, None)
+
+    def close(self) -> None:
+        for driver_id in list(self._slots):
+            self.unfollow(driver_id)
+
+    def put(self, driver_id: str, fix: Fix, received_ms: int) -> None:
+        position, record = self.pending.get(driver_id, (None, None))
+        if position is None or fix.device_time_ms > position[0].device_time_ms:
+            self.pending[driver_id] = ((fix, received_ms), record)
+        self._event.set()
+
+    def put_record(self, driver_id: str, record: DriverRecord) -> None:
+        position, _ = self.pending.get(driver_id, (None, None))
+        self.pending[driver_id] = (position, record)
+        self._event.set()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def take(self) -> dict[str, tuple[tuple[Fix, int] | None, DriverRecord | None]]:
+        taken, self.pending = self.pending, {}
+        self._event.clear()
+        return taken
+
+
+class _Slot:
+    """One followed driver of a :class:`Followed`, as the hub sees it."""
+
+    __slots__ = ("_driver_id", "_followed")
+
+    def __init__(self, followed: Followed, driver_id: str) -> None:
+        self._followed = followed
+        self._driver_id = driver_id
+
+    def put(self, fix: Fix, received_ms: int) -> None:
+        self._followed.put(self._driver_id, fix, received_ms)
+
+    def put_record(self, record: DriverRecord) -> None:
+        self._followed.put_record(self._driver_id, record)
 
 
 class WatchRenewal:
@@ -159,7 +239,7 @@ class PositionHub:
         self._redis = redis
         self._drivers = drivers
         self._retry_s = retry_s
-        self._boxes: dict[str, set[Mailbox]] = {}
+        self._boxes: dict[str, set[Receiver]] = {}
         #: Drivers whose channel was asked for on the current connection, and those whose
         #: subscription Redis confirmed.
         self._requested: set[str] = set()
@@ -178,21 +258,32 @@ class PositionHub:
     def watch(self, driver_id: str) -> Iterator[Mailbox]:
         """A mailbox of ``driver_id``'s positions for as long as the block runs."""
         box = Mailbox(driver_id)
+        self.attach(driver_id, box)
+        try:
+            yield box
+        finally:
+            self.detach(driver_id, box)
+
+    def attach(self, driver_id: str, box: Receiver) -> None:
+        """Hands ``driver_id``'s positions (and states read again) to ``box`` until detached."""
         boxes = self._boxes.get(driver_id)
         if boxes is None:
             boxes = self._boxes[driver_id] = set()
             self._changed.set()
             self.renewal.kick()
         boxes.add(box)
-        try:
-            yield box
-        finally:
-            boxes.discard(box)
-            if not boxes:
-                del self._boxes[driver_id]
-                # Left in the watched set until its watch lapses: another instance may still
-                # have watchers of this driver.
-                self._changed.set()
+
+    def detach(self, driver_id: str, box: Receiver) -> None:
+        """Stops handing ``driver_id``'s positions to ``box``."""
+        boxes = self._boxes.get(driver_id)
+        if boxes is None:
+            return
+        boxes.discard(box)
+        if not boxes:
+            del self._boxes[driver_id]
+            # Left in the watched set until its watch lapses: another instance may still
+            # have watchers of this driver.
+            self._changed.set()
 
     def watchers(self, driver_id: str) -> int:
         """How many streams of this process watch ``driver_id``."""

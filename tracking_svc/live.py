@@ -37,6 +37,7 @@ from mesh.auth import Principal, Role
 from mesh.errors import DomainError, NotFound
 from mesh.ids import canonical_uuid
 from mesh.pubsub import Listener
+from tracking_svc.clients.positions import PositionFollower
 from tracking_svc.domain.eta import FINAL, Band, Estimate, EtaInputs, EtaRules, estimate
 from tracking_svc.domain.routing import RoutePlan, Stop, StopKind, replan
 from tracking_svc.domain.travel import Point, TravelTimes, Vehicle
@@ -248,8 +249,9 @@ class Watcher:
 
 
 class CourierFeed:
-    """The one upstream position stream of a courier in this process, and, while they carry
-    several orders, the route they are expected to take."""
+    """A courier followed in this process (once, however many orders and watchers follow
+    them, on the process's one FollowDrivers stream), and, while they carry several orders,
+    the route they are expected to take."""
 
     def __init__(self, hub: TrackingHub, driver_id: str, vehicle: Vehicle) -> None:
         self.hub = hub
@@ -258,10 +260,8 @@ class CourierFeed:
         self.orders: set[OrderFeed] = set()
         self.last: Fix | None = None
         self.stale = False
-        self._task = asyncio.create_task(self._run(), name=f"courier {driver_id}")
         self._stale_timer: asyncio.TimerHandle | None = None
-        #: Upstream streams opened so far (1 unless one was lost).
-        self.streams_opened = 0
+        hub.follower.follow(driver_id)
         #: The courier's planned route while they carry more than one order, else ``None``.
         self.route: RoutePlan | None = None
         self._replan = asyncio.Event()
@@ -269,7 +269,7 @@ class CourierFeed:
         self._routing = asyncio.create_task(self._plan_routes(), name=f"route {driver_id}")
 
     def close(self) -> None:
-        self._task.cancel()
+        self.hub.follower.unfollow(self.driver_id)
         self._routing.cancel()
         if self._stale_timer is not None:
             self._stale_timer.cancel()
@@ -358,29 +358,6 @@ class CourierFeed:
         if (before and (before.order_id, before.kind)) != (after and (after.order_id, after.kind)):
             for order in list(self.orders):
                 order.route_changed()
-
-    async def _run(self) -> None:
-        backoff = 0.2
-        request = location_service_pb2.WatchDriverLocationRequest(
-            driver_id=self.driver_id, min_interval_duration=duration_pb2.Duration()
-        )
-        while True:
-            self.streams_opened += 1
-            call = self.hub.location.WatchDriverLocation(request, metadata=self.hub.metadata)
-            try:
-                async for response in call:
-                    backoff = 0.2
-                    self.heard(response.location)
-            except asyncio.CancelledError:
-                call.cancel()
-                raise
-            except grpc.aio.AioRpcError as err:
-                if err.code() is grpc.StatusCode.NOT_FOUND:
-                    logger.warning("courier %s unknown to location_svc", self.driver_id)
-                    return
-                logger.info("position stream of %s lost: %s", self.driver_id, err.code())
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
 
     def heard(self, loc: location_pb2.DriverLocation) -> None:
         """Takes a position location_svc reported."""
@@ -816,6 +793,8 @@ class TrackingHub:
         self.call_timeout_s = call_timeout_s
         self.feeds: dict[str, OrderFeed] = {}
         self.couriers: dict[str, CourierFeed] = {}
+        #: The process's one stream of couriers' positions from location_svc.
+        self.follower = PositionFollower(location, metadata, self._located)
         self._opening: dict[str, asyncio.Future[OrderFeed | None]] = {}
         self.listener = Listener(
             redis,  # type: ignore[arg-type]
@@ -826,10 +805,21 @@ class TrackingHub:
         )
 
     async def run(self) -> None:
-        await self.listener.run()
+        follower = asyncio.create_task(self.follower.run())
+        try:
+            await self.listener.run()
+        finally:
+            self.follower.stop()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    def _located(self, location: location_pb2.DriverLocation) -> None:
+        courier = self.couriers.get(location.driver_id)
+        if courier is not None:
+            courier.heard(location)
 
     def stop(self) -> None:
         self.listener.stop()
+        self.follower.stop()
         for feed in list(self.feeds.values()):
             for watcher in feed.watchers:
                 watcher.end()

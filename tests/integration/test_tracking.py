@@ -558,7 +558,9 @@ async def test_many_watchers_share_one_upstream_subscription(mesh: Mesh) -> None
         hub = mesh.hubs[-1]
         assert list(hub.feeds) == [scene.order.order_id]
         assert list(hub.couriers) == [scene.courier.user_id]
-        assert hub.couriers[scene.courier.user_id].streams_opened == 1
+        # One stream to location_svc carries every courier this process follows.
+        assert hub.follower.streams_opened == 1
+        assert scene.courier.user_id in hub.follower.followed
         # location_svc serves that one stream for the courier, and no other.
         assert mesh.location_hub.watchers(scene.courier.user_id) == 1
         assert len(hub.feeds[scene.order.order_id].watchers) == 30

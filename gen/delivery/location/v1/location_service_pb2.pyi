@@ -117,3 +117,19 @@ class WatchDriverLocationResponse(_message.Message):
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     location: _location_pb2.DriverLocation
     def __init__(self, location: _Optional[_Union[_location_pb2.DriverLocation, _Mapping]] = ...) -> None: ...
+
+class FollowDriversRequest(_message.Message):
+    __slots__ = ("follow_driver_ids", "unfollow_driver_ids")
+    FOLLOW_DRIVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNFOLLOW_DRIVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    follow_driver_ids: _containers.RepeatedScalarFieldContainer[str]
+    unfollow_driver_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, follow_driver_ids: _Optional[_Iterable[str]] = ..., unfollow_driver_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FollowDriversResponse(_message.Message):
+    __slots__ = ("locations", "unknown_driver_ids")
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_DRIVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    locations: _containers.RepeatedCompositeFieldContainer[_location_pb2.DriverLocation]
+    unknown_driver_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, locations: _Optional[_Iterable[_Union[_location_pb2.DriverLocation, _Mapping]]] = ..., unknown_driver_ids: _Optional[_Iterable[str]] = ...) -> None: ...

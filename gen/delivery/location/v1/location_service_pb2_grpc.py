@@ -65,6 +65,11 @@ class LocationServiceStub:
                 request_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.WatchDriverLocationRequest.SerializeToString,
                 response_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.WatchDriverLocationResponse.FromString,
                 _registered_method=True)
+        self.FollowDrivers = channel.stream_stream(
+                '/delivery.location.v1.LocationService/FollowDrivers',
+                request_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversRequest.SerializeToString,
+                response_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversResponse.FromString,
+                _registered_method=True)
 
 
 class LocationServiceServicer:
@@ -129,6 +134,19 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowDrivers(self, request_iterator, context):
+        """Streams the positions of many couriers over one stream, for a service that
+        follows thousands (tracking): the caller names couriers to follow and to
+        drop as it goes; each newly followed courier's last known position comes
+        first, then every new position, batched as they arrive (the newest of each
+        courier). A stream carries any number of couriers, where one
+        WatchDriverLocation per courier would meet the connection's stream limit.
+        Callable by services and admins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +179,11 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     servicer.WatchDriverLocation,
                     request_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.WatchDriverLocationRequest.FromString,
                     response_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.WatchDriverLocationResponse.SerializeToString,
+            ),
+            'FollowDrivers': grpc.stream_stream_rpc_method_handler(
+                    servicer.FollowDrivers,
+                    request_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversRequest.FromString,
+                    response_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -326,6 +349,33 @@ class LocationService:
             '/delivery.location.v1.LocationService/WatchDriverLocation',
             delivery_dot_location_dot_v1_dot_location__service__pb2.WatchDriverLocationRequest.SerializeToString,
             delivery_dot_location_dot_v1_dot_location__service__pb2.WatchDriverLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowDrivers(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/delivery.location.v1.LocationService/FollowDrivers',
+            delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversRequest.SerializeToString,
+            delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""tracking_svc's typed wrappers over other services' stubs."""
