@@ -494,7 +494,8 @@ class Cpu:
         out["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
         # Every process's busy time: what is not ours above is someone else's load (the
         # machine is shared; its tests and benches show up here).
-        busy = Path("/proc/stat").read_text()  # noqa: ASYNC240 (a pseudo-file).split("\n", 1)[0].split()[1:]
+        stat = Path("/proc/stat").read_text()  # noqa: ASYNC240 (a pseudo-file)
+        busy = stat.split("\n", 1)[0].split()[1:]
         ticks = sum(int(x) for i, x in enumerate(busy) if i not in (3, 4))  # not idle, iowait
         out["_machine"] = ticks / os.sysconf("SC_CLK_TCK")
         return out

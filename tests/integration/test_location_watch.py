@@ -291,3 +291,115 @@ async def test_a_watch_of_an_unknown_driver_is_refused(watching: Watching) -> No
         await call.read()
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert watching.hub.subscribed_drivers == 0
+
+
+Follow = location_service_pb2.FollowDriversRequest
+
+
+class Follower:
+    """One FollowDrivers stream, read by a task of its own into the newest latitude per driver."""
+
+    def __init__(self, world: Watching, metadata: Metadata | None = None) -> None:
+        self.requests: asyncio.Queue[location_service_pb2.FollowDriversRequest] = asyncio.Queue()
+        self.latitudes: dict[str, set[float]] = {}
+        self.unknown: list[str] = []
+        self.batches = 0
+        self.call = world.location.FollowDrivers(
+            self._requests(), metadata=metadata or world.service
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _requests(self) -> AsyncIterator[location_service_pb2.FollowDriversRequest]:
+        while True:
+            yield await self.requests.get()
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            self.batches += 1
+            for location in response.locations:
+                self.latitudes.setdefault(location.driver_id, set()).add(
+                    round(location.position.latitude, 6)
+                )
+            self.unknown.extend(response.unknown_driver_ids)
+
+    def heard(self, driver_id: str, lat: float) -> bool:
+        return round(lat, 6) in self.latitudes.get(driver_id, ())
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def test_one_follow_stream_carries_more_couriers_than_a_connection_has_streams(
+    watching: Watching,
+) -> None:
+    # More than a connection's 1,000 concurrent streams: one stream per courier would stall.
+    drivers = await _couriers(watching, 1200)
+    sessions = {d: m for d, m in drivers}
+    ids = list(sessions)
+    start = {d: 30.0 + i * 0.0005 for i, d in enumerate(ids)}
+    moved = {d: lat + 0.0002 for d, lat in start.items()}
+    await _report_all(watching, sessions, start)
+    follower = Follower(watching)
+    nobody = str(uuid.uuid4())
+    try:
+        for chunk in range(0, len(ids), 500):
+            await follower.requests.put(
+                location_service_pb2.FollowDriversRequest(
+                    follow_driver_ids=ids[chunk : chunk + 500]
+                )
+            )
+        await follower.requests.put(
+            location_service_pb2.FollowDriversRequest(follow_driver_ids=[nobody])
+        )
+        # Each courier's last position comes first.
+        await eventually(lambda: all(follower.heard(d, start[d]) for d in ids))
+        await eventually(lambda: follower.unknown == [nobody])
+        assert all(watching.hub.watchers(d) == 1 for d in ids)
+        # Half are dropped; the other half's new fixes keep coming.
+        kept, dropped = ids[:600], ids[600:]
+        await follower.requests.put(
+            location_service_pb2.FollowDriversRequest(unfollow_driver_ids=dropped[:500])
+        )
+        await follower.requests.put(
+            location_service_pb2.FollowDriversRequest(unfollow_driver_ids=dropped[500:])
+        )
+        await eventually(lambda: all(watching.hub.watchers(d) == 0 for d in dropped))
+
+        async def round_() -> bool:
+            waiting = {d: sessions[d] for d in kept if not follower.heard(d, moved[d])}
+            await _report_all(watching, waiting, moved)
+            await asyncio.sleep(0.2)
+            return all(follower.heard(d, moved[d]) for d in kept)
+
+        await _report_all(watching, {d: sessions[d] for d in dropped}, moved)
+        await eventually(round_)
+        assert not any(follower.heard(d, moved[d]) for d in dropped)
+        # Batched: far fewer messages than positions.
+        assert follower.batches < sum(len(v) for v in follower.latitudes.values())
+    finally:
+        await follower.close()
+    await eventually(lambda: all(watching.hub.watchers(d) == 0 for d in ids))
+
+
+async def _report_all(
+    world: Watching, sessions: dict[str, Metadata], spots: dict[str, float]
+) -> None:
+    """Reports each driver at its spot, 200 calls at a time (a connection's stream limit)."""
+    ids = list(sessions)
+    for start in range(0, len(ids), 200):
+        batch = ids[start : start + 200]
+        await asyncio.gather(*(_report(world, sessions[d], spots[d], 11.0) for d in batch))
+
+
+async def test_only_services_and_admins_follow_couriers(watching: Watching) -> None:
+    [(driver, metadata)] = await _couriers(watching, 1)
+    follower = Follower(watching, metadata)
+    await follower.requests.put(
+        location_service_pb2.FollowDriversRequest(follow_driver_ids=[driver])
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await follower.call.read()
+        await follower.call.read()
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    await follower.close()
