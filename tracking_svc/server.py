@@ -56,6 +56,10 @@ async def build_server(
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # Positions that wait in a grown HTTP/2 window are stale when read: with the
+            # default window, a busy tracking process holds back location_svc's sender, whose
+            # mailbox keeps only each courier's newest position, instead of a backlog.
+            ("grpc.http2.bdp_probe", 0),
         ],
     )
     token = service_token(settings.auth.service_secret, "tracking")
