@@ -101,6 +101,13 @@ def timestamp_s(seconds: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
+def duration_s(seconds: float) -> duration_pb2.Duration:
+    """A Duration of ``seconds``."""
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
 def eta_proto(e: Estimate) -> tracking_pb2.Eta:
     """The contract's form of an estimate."""
     eta = tracking_pb2.Eta(
@@ -574,9 +581,7 @@ class OrderFeed:
                 heading_degrees=fix.heading,
                 fix_time=timestamp_s(fix.fix_time_ms / 1000),
                 stale=courier.stale,
-                position_age_duration=duration_pb2.Duration(
-                    seconds=int(age), nanos=int((age % 1) * 1e9)
-                ),
+                position_age_duration=duration_s(age),
             ),
         )
         return update

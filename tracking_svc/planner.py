@@ -6,15 +6,13 @@ import asyncio
 import math
 from collections import Counter
 
-from google.protobuf import duration_pb2
-
 from delivery.common.v1 import common_pb2
 from delivery.tracking.v1 import tracking_pb2, tracking_service_pb2
 from mesh import clock
 from mesh.errors import Validator
 from tracking_svc.domain.routing import RoutePlan, Stop, StopKind, plan_route
 from tracking_svc.domain.travel import Point, TravelTimes, Vehicle
-from tracking_svc.live import timestamp_s
+from tracking_svc.live import duration_s, timestamp_s
 
 #: The most stops one request may hold (the contract's limit).
 MAX_STOPS = 20
@@ -134,9 +132,7 @@ def plan_response(
             for p in plan.stops
         ],
         total_distance_meters=plan.meters,
-        total_duration=duration_pb2.Duration(
-            seconds=int(seconds), nanos=round((seconds % 1) * 1e9) % 1_000_000_000
-        ),
+        total_duration=duration_s(seconds),
     )
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from location_svc.store.history import _COLUMNS
 from mesh.stores import Stores
 from tracking_svc.domain.roads import RoadNetwork, RoadTravelTimes
 from tracking_svc.domain.travel import Point, Vehicle
@@ -51,15 +52,5 @@ async def _insert(pool: asyncpg.Pool, rows: list[tuple[object, ...]]) -> None:
     await pool.copy_records_to_table(
         "driver_location_history",
         records=rows,
-        columns=[
-            "driver_id",
-            "recorded_at",
-            "received_at",
-            "lat",
-            "lng",
-            "accuracy_m",
-            "heading_deg",
-            "speed_mps",
-            "backfilled",
-        ],
+        columns=list(_COLUMNS),
     )

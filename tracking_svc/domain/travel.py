@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
 from mesh.geo import EARTH_RADIUS_M
+from order_svc.domain.accounts import VehicleType
 
-
-class Vehicle(StrEnum):
-    """The courier's vehicle, as location_svc stores it."""
-
-    BICYCLE = "bicycle"
-    MOTORCYCLE = "motorcycle"
-    CAR = "car"
-    VAN = "van"
+#: The courier's vehicle: the accounts' own enum (the strings stored in PostgreSQL).
+Vehicle = VehicleType
 
 
 @dataclass(frozen=True, slots=True)
