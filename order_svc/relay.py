@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh.events import entry_fields, stream_for
 from mesh.logs import configure_logging
@@ -36,7 +38,7 @@ _SELECT_BATCH = """
     SELECT id, aggregate_type, aggregate_id::text AS aggregate_id, event_type, payload, headers,
            created_at
     FROM outbox
-    WHERE published_at IS NULL
+    WHERE published_at IS NULL AND parked_at IS NULL
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -47,8 +49,22 @@ _MARK_PUBLISHED = """
     WHERE id = ANY($1::bigint[])
 """
 
-# Skips rows another relay has locked since our rollback: waiting for them would stall this
-# relay, and that relay is about to publish them anyway.
+# A row that failed on its own (not with its batch): counted, and parked at the limit so the
+# rows behind it are published. Runs in the batch's transaction, which holds the rows' locks.
+_RECORD_ROW_FAILURE = """
+    UPDATE outbox
+    SET publish_attempts = publish_attempts + 1,
+        failures = failures + 1,
+        last_error = $2,
+        parked_at = CASE WHEN failures + 1 >= $3 THEN now() END
+    WHERE id = $1
+    RETURNING parked_at IS NOT NULL AS parked, failures
+"""
+
+# A whole batch failed (Redis or PostgreSQL down): the attempt is recorded, but it is not the
+# rows' fault, so it does not count toward parking. Skips rows another relay has locked since
+# our rollback: waiting for them would stall this relay, and that relay is about to publish
+# them anyway.
 _RECORD_FAILURE = """
     UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = $2
     WHERE id IN (
@@ -73,6 +89,8 @@ class RelaySettings:
     max_backoff_s: float = 5.0
     #: Seconds one Redis pipeline may take before the batch is rolled back and retried.
     publish_timeout_s: float = 10.0
+    #: Failures of one row on its own (not with its whole batch) after which it is parked.
+    max_row_failures: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RelaySettings:
@@ -83,6 +101,7 @@ class RelaySettings:
             maxlen=env_int(env, "RELAY_MAXLEN", cls.maxlen),
             max_backoff_s=env_float(env, "RELAY_MAX_BACKOFF_S", cls.max_backoff_s),
             publish_timeout_s=env_float(env, "RELAY_PUBLISH_TIMEOUT_S", cls.publish_timeout_s),
+            max_row_failures=env_int(env, "RELAY_MAX_ROW_FAILURES", cls.max_row_failures),
         )
 
 
@@ -103,6 +122,7 @@ class OutboxRelay:
         maxlen: int = RelaySettings.maxlen,
         max_backoff_s: float = RelaySettings.max_backoff_s,
         publish_timeout_s: float = RelaySettings.publish_timeout_s,
+        max_row_failures: int = RelaySettings.max_row_failures,
     ) -> None:
         self._pool = pool
         self._redis = redis
@@ -111,6 +131,7 @@ class OutboxRelay:
         self._maxlen = maxlen
         self._max_backoff_s = max_backoff_s
         self._publish_timeout_s = publish_timeout_s
+        self._max_row_failures = max(1, max_row_failures)
         self._stopping = asyncio.Event()
         #: Rows published and marked.
         self.published = 0
@@ -118,6 +139,24 @@ class OutboxRelay:
         self.batches = 0
         #: Batches that failed and were rolled back to be retried.
         self.errors = 0
+        #: Rows that failed on their own (their batch's other rows were published).
+        self.row_failures = 0
+        #: Rows parked after failing ``max_row_failures`` times.
+        self.parked = 0
+
+    @classmethod
+    def configured(cls, pool: asyncpg.Pool, redis: Redis, settings: RelaySettings) -> OutboxRelay:
+        """A relay with ``settings`` (see :meth:`RelaySettings.from_env`)."""
+        return cls(
+            pool,
+            redis,
+            batch_size=settings.batch_size,
+            idle_sleep_s=settings.idle_sleep_s,
+            maxlen=settings.maxlen,
+            max_backoff_s=settings.max_backoff_s,
+            publish_timeout_s=settings.publish_timeout_s,
+            max_row_failures=settings.max_row_failures,
+        )
 
     def stop(self) -> None:
         """Asks :meth:`run` to return once the batch in hand is published and marked."""
@@ -144,8 +183,10 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publishes and marks one batch; returns how many rows it held (0 when drained).
 
-        Raises if PostgreSQL or Redis fails; the batch's transaction is then rolled back, and
-        the failure is recorded on its rows when the database allows.
+        A row that fails on its own (it cannot be turned into a stream entry, or Redis refuses
+        its entry) is counted and, at ``max_row_failures``, parked; the rest of its batch is
+        published. Raises if PostgreSQL or Redis fails as a whole; the batch's transaction is
+        then rolled back, and the attempt is recorded on its rows when the database allows.
         """
         async with self._pool.acquire() as conn:
             ids: list[int] = []
@@ -156,39 +197,78 @@ class OutboxRelay:
                         return 0
                     ids = [row["id"] for row in rows]
                     async with asyncio.timeout(self._publish_timeout_s):
-                        await self._publish(rows)
-                    await conn.execute(_MARK_PUBLISHED, ids)
+                        failed = await self._publish(rows)
+                    published = [i for i in ids if i not in failed]
+                    if published:
+                        await conn.execute(_MARK_PUBLISHED, published)
+                    for row_id, error in failed.items():
+                        await self._record_row_failure(conn, row_id, error)
             except Exception as err:
                 if ids:
                     await self._record_failure(conn, ids, err)
                 raise
-        self.published += len(ids)
+        self.published += len(published)
         self.batches += 1
-        logger.debug("published %d outbox rows", len(ids), extra={"last_id": ids[-1]})
+        logger.debug("published %d outbox rows", len(published), extra={"last_id": ids[-1]})
         return len(ids)
 
-    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> dict[int, str]:
+        """Adds the rows' entries; returns the rows that failed on their own, with the error."""
+        failed: dict[int, str] = {}
+        sent: list[int] = []
         # One pipeline for the whole batch: a round trip per row would cap the relay at the
         # network latency. No MULTI: a batch may span several cluster nodes, and a partly
         # applied batch only means duplicates after the retry.
         pipe = self._redis.pipeline(transaction=False)
         for row in rows:
-            headers = json.loads(row["headers"]) if row["headers"] else {}
-            fields = entry_fields(
-                event_id=row["id"],
-                event_type=row["event_type"],
-                aggregate_id=row["aggregate_id"],
-                payload=row["payload"],
-                occurred_at=row["created_at"],
-                headers=headers,
+            try:
+                headers = json.loads(row["headers"]) if row["headers"] else {}
+                fields = entry_fields(
+                    event_id=row["id"],
+                    event_type=row["event_type"],
+                    aggregate_id=row["aggregate_id"],
+                    payload=row["payload"],
+                    occurred_at=row["created_at"],
+                    headers=headers,
+                )
+                stream = stream_for(row["aggregate_type"])
+            except (ValueError, TypeError, AttributeError) as err:
+                # No retry makes this row publishable: it fails alone.
+                failed[row["id"]] = repr(err)
+                continue
+            pipe.xadd(stream, fields, maxlen=self._maxlen, approximate=True)
+            sent.append(row["id"])
+        if sent:
+            # Per-command errors come back in the results (a key of the wrong type refuses one
+            # entry); a connection error still raises and fails the whole batch.
+            results = await pipe.execute(raise_on_error=False)
+            for row_id, result in zip(sent, results, strict=True):
+                if isinstance(result, Exception):
+                    if isinstance(result, RedisConnectionError | RedisTimeoutError | OSError):
+                        raise result
+                    failed[row_id] = f"{type(result).__name__}: {result}"
+        return failed
+
+    async def _record_row_failure(self, conn: asyncpg.Connection, row_id: int, error: str) -> None:
+        """Counts one row's own failure, parking it at the limit."""
+        self.row_failures += 1
+        parked, failures = await conn.fetchrow(
+            _RECORD_ROW_FAILURE, row_id, error[:1000], self._max_row_failures
+        )
+        if parked:
+            self.parked += 1
+            logger.error(
+                "parked an outbox row that failed %d times; the rows behind it go on",
+                failures,
+                extra={"outbox_id": row_id, "error": error[:200]},
             )
-            pipe.xadd(
-                stream_for(row["aggregate_type"]),
-                fields,
-                maxlen=self._maxlen,
-                approximate=True,
+        else:
+            logger.warning(
+                "an outbox row failed to publish (%d of %d)",
+                failures,
+                self._max_row_failures,
+                extra={"outbox_id": row_id, "error": error[:200]},
             )
-        await pipe.execute()
 
     async def _record_failure(
         self, conn: asyncpg.Connection, ids: list[int], err: Exception
@@ -212,15 +292,7 @@ async def main() -> None:
     configure_logging("relay", settings.log_level, settings.log_format)
     async with open_stores(settings.stores) as stores:
         assert stores.pool is not None and stores.redis is not None
-        relay = OutboxRelay(
-            stores.pool,
-            stores.redis,
-            batch_size=relay_settings.batch_size,
-            idle_sleep_s=relay_settings.idle_sleep_s,
-            maxlen=relay_settings.maxlen,
-            max_backoff_s=relay_settings.max_backoff_s,
-            publish_timeout_s=relay_settings.publish_timeout_s,
-        )
+        relay = OutboxRelay.configured(stores.pool, stores.redis, relay_settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, relay.stop)

@@ -87,15 +87,8 @@ async def build_server(
     server.add_worker(*build_arrival_notifier(stores.pool, stores.redis, consumer_name()))
     if relay:
         # The outbox relay runs beside the API; `python -m order_svc.relay` runs more of them.
-        relay_settings = RelaySettings.from_env(os.environ)
-        worker = OutboxRelay(
-            stores.pool,
-            stores.redis,
-            batch_size=relay_settings.batch_size,
-            idle_sleep_s=relay_settings.idle_sleep_s,
-            maxlen=relay_settings.maxlen,
-            max_backoff_s=relay_settings.max_backoff_s,
-            publish_timeout_s=relay_settings.publish_timeout_s,
+        worker = OutboxRelay.configured(
+            stores.pool, stores.redis, RelaySettings.from_env(os.environ)
         )
         server.add_worker(worker.run, worker.stop)
     return server

@@ -338,3 +338,79 @@ async def test_a_failed_publish_rolls_back_and_a_later_relay_publishes(
     published = await _stream(redis, stream_for(aggregate_type))
     assert [int(e.event_id) for e in published] == ids
     assert await _unpublished(stores, aggregate_type) == 0
+
+
+async def _outbox_row(stores: Stores, row_id: int) -> Any:
+    assert stores.pool is not None
+    return await stores.pool.fetchrow(
+        "SELECT published_at, publish_attempts, failures, parked_at, last_error"
+        " FROM outbox WHERE id = $1",
+        row_id,
+    )
+
+
+async def test_a_row_that_cannot_be_published_is_parked_and_the_rows_behind_it_go_on(
+    stores: Stores, redis: Redis
+) -> None:
+    assert stores.pool is not None and stores.redis is not None
+    relay = OutboxRelay(stores.pool, stores.redis, batch_size=500, max_row_failures=3)
+    aggregate_type = _unique_type()
+    # A stream name with braces cannot be built: no retry makes this row publishable.
+    (poison,) = await _commit(stores, [_event("bad{" + aggregate_type + "}")])
+    behind = await _commit(stores, [_event(aggregate_type) for _ in range(3)])
+
+    assert await relay.relay_once() >= 4
+    # The rows behind the poison one were published by the same batch.
+    entries = await _stream(redis, stream_for(aggregate_type))
+    assert [int(e.event_id) for e in entries] == behind
+    row = await _outbox_row(stores, poison)
+    assert row["published_at"] is None and row["parked_at"] is None
+    assert row["failures"] == 1 and "invalid aggregate type" in row["last_error"]
+
+    await _drain(relay)
+    row = await _outbox_row(stores, poison)
+    assert row["published_at"] is None
+    assert row["parked_at"] is not None and row["failures"] == 3
+    assert relay.parked == 1
+    # Parked rows are skipped: later events are published at once.
+    later = await _commit(stores, [_event(aggregate_type)])
+    assert await relay.relay_once() == 1
+    entries = await _stream(redis, stream_for(aggregate_type))
+    assert [int(e.event_id) for e in entries] == behind + later
+    assert (await _outbox_row(stores, poison))["failures"] == 3
+
+
+async def test_an_entry_redis_refuses_fails_alone_and_a_redis_outage_parks_nothing(
+    stores: Stores, redis: Redis
+) -> None:
+    assert stores.pool is not None and stores.redis is not None
+    relay = OutboxRelay(stores.pool, stores.redis, batch_size=500, max_row_failures=2)
+    refused_type, fine_type = _unique_type(), _unique_type()
+    # A key of the wrong type where the stream should be: Redis refuses that entry only.
+    await redis.set(stream_for(refused_type), b"not a stream")
+    try:
+        (refused,) = await _commit(stores, [_event(refused_type)])
+        fine = await _commit(stores, [_event(fine_type)])
+        await _drain(relay)
+        assert [int(e.event_id) for e in await _stream(redis, stream_for(fine_type))] == fine
+        row = await _outbox_row(stores, refused)
+        assert row["parked_at"] is not None and "WRONGTYPE" in row["last_error"]
+    finally:
+        await redis.delete(stream_for(refused_type))
+
+    # Redis down fails whole batches: recorded on the rows, but never counted toward parking.
+    ids = await _commit(stores, [_event(fine_type)])
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        down = Redis.from_url(f"redis://127.0.0.1:{closed_port.getsockname()[1]}/0")
+        try:
+            broken = OutboxRelay(stores.pool, down, batch_size=10_000, max_row_failures=1)
+            for _ in range(3):
+                with pytest.raises(Exception, match=r"(?i)connect"):
+                    await broken.relay_once()
+        finally:
+            await down.aclose()
+    row = await _outbox_row(stores, ids[0])
+    assert row["parked_at"] is None and row["failures"] == 0 and row["publish_attempts"] == 3
+    await _drain(relay)
+    assert (await _outbox_row(stores, ids[0]))["published_at"] is not None
