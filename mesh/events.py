@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+import grpc
 from google.protobuf.message import DecodeError, Message
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 logger = logging.getLogger(__name__)
@@ -36,6 +40,20 @@ FIELD_HEADERS = "headers"
 #: Events that must never be consumed twice are deduplicated this long, in seconds.
 DEFAULT_DEDUPE_TTL_S = 24 * 3600
 
+#: Handler attempts on one entry before it is moved to the dead-letter stream.
+DEFAULT_MAX_ATTEMPTS = 5
+#: Approximate length the dead-letter streams are trimmed to.
+DEAD_LETTER_MAXLEN = 100_000
+# Fields a dead-letter entry adds to the event's own.
+#: The consumer group whose handler gave up on the event.
+FIELD_DEAD_GROUP = "dead_group"
+#: The entry id the event had in its stream.
+FIELD_DEAD_ENTRY_ID = "dead_entry_id"
+#: How many times the handler failed on it.
+FIELD_DEAD_ATTEMPTS = "dead_attempts"
+#: The last error, as text (at most 1,000 characters).
+FIELD_DEAD_ERROR = "dead_error"
+
 
 def stream_for(aggregate_type: str) -> str:
     """The stream that carries the events of ``aggregate_type``: ``events:{order}``.
@@ -47,6 +65,13 @@ def stream_for(aggregate_type: str) -> str:
     if not aggregate_type or any(c in aggregate_type for c in "{}"):
         raise ValueError(f"invalid aggregate type {aggregate_type!r}")
     return f"events:{{{aggregate_type}}}"
+
+
+def dead_letter_stream(stream: str) -> str:
+    """Where consumers of ``stream`` put the events their handler kept failing on:
+    ``events:{order}:dead``, in the same hash slot. One stream for every group; each entry
+    names its group (:data:`FIELD_DEAD_GROUP`)."""
+    return f"{stream}:dead"
 
 
 def dedupe_key(stream: str, group: str, event_id: str) -> str:
@@ -150,6 +175,25 @@ async def ensure_group(redis: Redis, stream: str, group: str, *, start_id: str =
             raise
 
 
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError, TimeoutError (asyncio's too)
+    RedisConnectionError,
+    RedisTimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+_TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def _transient(err: BaseException) -> bool:
+    """Whether ``err`` says a dependency is down rather than that the event cannot be handled."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        return err.code() in _TRANSIENT_CODES
+    return isinstance(err, _TRANSIENT_ERRORS)
+
+
 #: What a consumer calls for each event; it must be idempotent (delivery is at least once).
 Handler = Callable[[Event], Awaitable[None]]
 
@@ -189,9 +233,13 @@ class EventConsumer:
     consumer, still runs the handler twice. Handlers must be idempotent regardless.
 
     A failing handler leaves its entry pending; the consumer stops the batch there (so later
-    events of the stream are not handled before it), waits ``retry_delay_s`` and re-reads its
-    pending entries. An event that always fails therefore blocks this consumer; it is logged
-    with its id on every attempt.
+    events of the stream are not handled before it), waits ``retry_delay_s`` (doubling with each
+    failure in a row, up to ``max_retry_delay_s``) and re-reads its pending entries. After
+    ``max_attempts`` failures on one entry the event is moved to the stream's dead-letter stream
+    (:func:`dead_letter_stream`, with its group, attempts and last error) and acknowledged, so
+    an event that always fails holds its group up for a bounded time instead of forever, and
+    the other consumers never claim it. Attempts are counted per process: a consumer that
+    restarts or claims the entry gives it ``max_attempts`` more.
 
     The client must not decode responses (``decode_responses=False``): payloads are bytes.
     """
@@ -210,6 +258,8 @@ class EventConsumer:
         claim_every_s: float = 30.0,
         dedupe_ttl_s: int = DEFAULT_DEDUPE_TTL_S,
         retry_delay_s: float = 1.0,
+        max_retry_delay_s: float = 15.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         group_start_id: str = "0",
     ) -> None:
         self._redis = redis
@@ -227,6 +277,11 @@ class EventConsumer:
         self._claim_every_s = claim_every_s
         self._dedupe_ttl_s = dedupe_ttl_s
         self._retry_delay_s = retry_delay_s
+        self._max_retry_delay_s = max(retry_delay_s, max_retry_delay_s)
+        self._max_attempts = max(1, max_attempts)
+        # Handler failures per pending entry id, and in a row (for the backoff).
+        self._attempts: dict[str, int] = {}
+        self._failing = 0
         self._group_start_id = group_start_id
         self._stopping = asyncio.Event()
         #: Events whose handler succeeded.
@@ -237,6 +292,8 @@ class EventConsumer:
         self.failures = 0
         #: Redis errors the read loop recovered from.
         self.errors = 0
+        #: Events moved to the dead-letter stream after ``max_attempts`` failures.
+        self.dead_lettered = 0
 
     def stop(self) -> None:
         """Asks :meth:`run` to return after the current batch; a running handler is not cut off."""
@@ -269,7 +326,11 @@ class EventConsumer:
                     entries = _entries(await self._read(">", block=True))
                 if not await self._process(entries):
                     backlog = True
-                    await self._sleep(self._retry_delay_s)
+                    self._failing += 1
+                    delay = self._retry_delay_s * 2 ** min(self._failing - 1, 16)
+                    await self._sleep(min(delay, self._max_retry_delay_s))
+                else:
+                    self._failing = 0
             except ResponseError as err:
                 # A Redis that lost its data (it holds nothing durable) lost the group too.
                 need_group = "NOGROUP" in str(err)
@@ -322,6 +383,7 @@ class EventConsumer:
     async def _process(self, raw: Sequence[_RawEntry]) -> bool:
         """Handles ``raw`` in order; False if a handler failed (the rest stay pending)."""
         live: list[Event] = []
+        raw_fields: dict[str, Any] = {}
         for entry_id, fields in raw:
             if entry_id is None:
                 continue
@@ -331,6 +393,7 @@ class EventConsumer:
                 continue
             try:
                 live.append(decode_entry(self.stream, entry_id, fields))
+                raw_fields[as_text(entry_id)] = fields
             except (KeyError, ValueError) as err:
                 # No retry can make a malformed entry readable; dropping it unblocks the group.
                 logger.error(
@@ -355,10 +418,30 @@ class EventConsumer:
                 continue
             try:
                 await self._handler(event)
-            except Exception:
+            except Exception as err:
                 self.failures += 1
+                if _transient(err):
+                    # A store or peer that is down is not the event's fault: retried with
+                    # backoff for as long as the outage lasts, never dead-lettered for it.
+                    logger.warning(
+                        "event handler failed on an unavailable dependency; retrying",
+                        extra={
+                            "stream": self.stream,
+                            "group": self.group,
+                            "event_id": event.event_id,
+                            "error": repr(err)[:300],
+                        },
+                    )
+                    return False
+                attempts = self._attempts.get(event.entry_id, 0) + 1
+                if attempts >= self._max_attempts:
+                    await self._dead_letter(event, raw_fields[event.entry_id], attempts, err)
+                    continue
+                self._attempts[event.entry_id] = attempts
                 logger.exception(
-                    "event handler failed; the event stays pending and will be retried",
+                    "event handler failed (attempt %d of %d); the event stays pending",
+                    attempts,
+                    self._max_attempts,
                     extra={
                         "stream": self.stream,
                         "group": self.group,
@@ -367,6 +450,7 @@ class EventConsumer:
                     },
                 )
                 return False
+            self._attempts.pop(event.entry_id, None)
             # Marked processed only now that the handler succeeded, then acknowledged: a crash
             # in between leaves the entry pending, and its redelivery is skipped as a duplicate.
             pipe = self._redis.pipeline(transaction=False)
@@ -376,3 +460,38 @@ class EventConsumer:
             done.add(key)
             self.handled += 1
         return True
+
+    async def _dead_letter(
+        self, event: Event, fields: Mapping[Any, Any], attempts: int, err: Exception
+    ) -> None:
+        """Moves ``event`` to the dead-letter stream and acknowledges it, in one transaction."""
+        entry: dict[FieldT, EncodableT] = {as_text(k): v for k, v in fields.items()}
+        entry.update(
+            {
+                FIELD_DEAD_GROUP: self.group,
+                FIELD_DEAD_ENTRY_ID: event.entry_id,
+                FIELD_DEAD_ATTEMPTS: str(attempts),
+                FIELD_DEAD_ERROR: f"{type(err).__name__}: {err}"[:1000],
+            }
+        )
+        # MULTI: the entry is never acknowledged without being kept (both keys share a slot).
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(
+            dead_letter_stream(self.stream), entry, maxlen=DEAD_LETTER_MAXLEN, approximate=True
+        )
+        pipe.xack(self.stream, self.group, event.entry_id)
+        await pipe.execute()
+        self._attempts.pop(event.entry_id, None)
+        self.dead_lettered += 1
+        logger.error(
+            "event handler failed %d times; the event moved to %s",
+            attempts,
+            dead_letter_stream(self.stream),
+            exc_info=err,
+            extra={
+                "stream": self.stream,
+                "group": self.group,
+                "event_id": event.event_id,
+                "event_type": event.type,
+            },
+        )

@@ -13,7 +13,14 @@ import pytest
 from redis.asyncio import Redis
 
 from delivery.order.v1 import order_events_pb2
-from mesh.events import Event, EventConsumer, decode_entry, ensure_group, stream_for
+from mesh.events import (
+    Event,
+    EventConsumer,
+    dead_letter_stream,
+    decode_entry,
+    ensure_group,
+    stream_for,
+)
 from mesh.stores import Stores
 from order_svc.relay import OutboxRelay
 from order_svc.store.outbox import OutboxEvent, append_event, append_events
@@ -414,3 +421,75 @@ async def test_an_entry_redis_refuses_fails_alone_and_a_redis_outage_parks_nothi
     assert row["parked_at"] is None and row["failures"] == 0 and row["publish_attempts"] == 3
     await _drain(relay)
     assert (await _outbox_row(stores, ids[0]))["published_at"] is not None
+
+
+async def test_an_event_that_always_fails_goes_to_the_dead_letter_stream_and_the_group_goes_on(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    ids = await _commit(stores, [_event(aggregate_type) for _ in range(4)])
+    await _drain(relay)
+    stream, group = stream_for(aggregate_type), "g"
+    await ensure_group(redis, stream, group)
+    poison = str(ids[1])
+    handled: list[str] = []
+    tried: list[str] = []
+
+    async def handle(event: Event) -> None:
+        tried.append(event.event_id)
+        if event.event_id == poison:
+            raise RuntimeError("this handler can never handle this event")
+        handled.append(event.event_id)
+
+    consumer = EventConsumer(
+        redis, stream, group, "c1", handle, block_s=0.05, retry_delay_s=0.01, max_attempts=3
+    )
+    # A second consumer of the group, there to claim anything left idle: it must get nothing.
+    other = EventConsumer(
+        redis, stream, group, "c2", handle, block_s=0.05, claim_idle_s=0.0, claim_every_s=0.01
+    )
+    async with _running(consumer):
+        await eventually(lambda: len(handled) == 3)
+    async with _running(other):
+        await asyncio.sleep(0.2)
+
+    # Every other event was handled, in order, and the poison one tried exactly max_attempts.
+    assert handled == [str(i) for i in ids if str(i) != poison]
+    assert tried.count(poison) == 3
+    assert consumer.dead_lettered == 1 and other.handled == 0
+    assert (await redis.xpending(stream, group))["pending"] == 0
+    dead = await redis.xrange(dead_letter_stream(stream))
+    assert len(dead) == 1
+    fields = {k.decode(): v for k, v in dead[0][1].items()}
+    assert fields["event_id"] == poison.encode()
+    assert fields["dead_group"] == b"g" and fields["dead_attempts"] == b"3"
+    assert b"can never handle" in fields["dead_error"]
+    # The dead-letter entry is the event itself: it decodes like any other.
+    assert decode_entry(stream, dead[0][0], dead[0][1]).event_id == poison
+
+
+async def test_a_dependency_outage_is_retried_past_the_attempt_limit_not_dead_lettered(
+    stores: Stores, relay: OutboxRelay, redis: Redis
+) -> None:
+    aggregate_type = _unique_type()
+    ids = await _commit(stores, [_event(aggregate_type)])
+    await _drain(relay)
+    stream, group = stream_for(aggregate_type), "g"
+    await ensure_group(redis, stream, group)
+    outage = 6  # More failures than max_attempts: a store down for a while.
+    handled: list[str] = []
+
+    async def handle(event: Event) -> None:
+        nonlocal outage
+        if outage:
+            outage -= 1
+            raise ConnectionRefusedError("the store is down")
+        handled.append(event.event_id)
+
+    consumer = EventConsumer(
+        redis, stream, group, "c1", handle, block_s=0.05, retry_delay_s=0.01, max_attempts=2
+    )
+    async with _running(consumer):
+        await eventually(lambda: handled == [str(ids[0])])
+    assert consumer.failures == 6 and consumer.dead_lettered == 0
+    assert await redis.xlen(dead_letter_stream(stream)) == 0
