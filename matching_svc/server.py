@@ -7,7 +7,13 @@ import grpc
 from delivery.matching.v1 import matching_service_pb2, matching_service_pb2_grpc
 from matching_svc.dispatcher import Dispatcher, DispatchRules
 from matching_svc.locator import CourierStatus, LocationLocator
-from matching_svc.service import DispatchLoop, MatchingService, OfferHub, OfferPush
+from matching_svc.service import (
+    DispatchCallCollector,
+    DispatchLoop,
+    MatchingService,
+    OfferHub,
+    OfferPush,
+)
 from matching_svc.settings import MatchingSettings
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
@@ -77,6 +83,7 @@ async def build_server(
     )
     server = build_mesh_server(settings, stores, [binding])
     server.metrics.register(BreakerCollector("matching", [location_breaker]))
+    server.metrics.register(DispatchCallCollector(service))
     server.add_worker(hub.run, hub.stop)
     loop = DispatchLoop(dispatcher, tick_s)
     server.add_worker(loop.run, loop.stop)

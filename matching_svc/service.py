@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf import timestamp_pb2
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from delivery.matching.v1 import matching_pb2, matching_service_pb2, matching_service_pb2_grpc
@@ -168,6 +170,30 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
         self._dispatcher = dispatcher
         self._breakers = breakers
         self._background: set[asyncio.Task[None]] = set()
+        # At most one round and one step per order in flight, however many calls ask.
+        self._round = _Coalesced(self._dispatcher.run_once, self._background)
+        self._steps: dict[str, _Coalesced] = {}
+
+    @property
+    def rounds_run(self) -> int:
+        """Dispatch rounds started by DispatchOrder calls."""
+        return self._round.runs
+
+    @property
+    def rounds_asked(self) -> int:
+        """DispatchOrder calls that asked for a round (each one started or joined one)."""
+        return self._round.asked
+
+    def _step_soon(self, order_id: str) -> None:
+        """Steps ``order_id`` now, or once more after the step already running for it."""
+        step = self._steps.get(order_id)
+        if step is None:
+            step = self._steps[order_id] = _Coalesced(
+                lambda: self._dispatcher.step(order_id),
+                self._background,
+                done=lambda: self._steps.pop(order_id, None),
+            )
+        step.kick()
 
     async def AcceptOffer(
         self, request: matching_service_pb2.AcceptOfferRequest, context: grpc.aio.ServicerContext
@@ -188,7 +214,7 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
             _DECLINE_REASONS.get(request.reason),
         )
         # The next courier at once; the dispatch loop would get there too (the job is durable).
-        self._spawn(self._dispatcher.step(offer.order_id))
+        self._step_soon(offer.order_id)
         return matching_service_pb2.DeclineOfferResponse(
             offer=offer_to_proto(offer, operator=False)
         )
@@ -253,7 +279,9 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
             raise InvalidArgument(FieldViolation("order_id", "must be an order id (a UUID)"))
         await self._jobs.ensure(order_id, None, self._dispatcher.rules.max_attempts)
         await self._jobs.due_now(order_id)
-        self._spawn(self._run_due())
+        # A burst of calls costs one round in flight and at most one more after it, not a
+        # round each (each round takes every due job anyway).
+        self._round.kick()
         return matching_service_pb2.DispatchOrderResponse(
             dispatch_status=await self._status(order_id, operator=True)
         )
@@ -318,25 +346,77 @@ class MatchingService(matching_service_pb2_grpc.MatchingServiceServicer):
                     entry.open_until_time.FromNanoseconds(int(snap.open_until * 1e9))
         return status
 
-    async def _run_due(self) -> None:
-        await self._dispatcher.run_once()
-
     async def close(self) -> None:
         """Ends the steps still running in the background (the dispatch loop redoes any)."""
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _spawn(self, work: object) -> None:
-        async def guarded() -> None:
-            try:
-                await work  # type: ignore[misc]
-            except Exception:
-                logger.exception("a dispatch step failed; the dispatch loop retries it")
 
-        task = asyncio.create_task(guarded())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+class DispatchCallCollector(Collector):
+    """How many rounds DispatchOrder calls asked for, and how many ran."""
+
+    def __init__(self, service: MatchingService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "matching_dispatch_round_requests",
+            "DispatchOrder calls, each of which started a dispatch round or joined a pending one",
+            value=self._service.rounds_asked,
+        )
+        yield CounterMetricFamily(
+            "matching_dispatch_call_rounds",
+            "Dispatch rounds started by DispatchOrder calls (the dispatch loop's not counted)",
+            value=self._service.rounds_run,
+        )
+
+
+class _Coalesced:
+    """Runs ``work`` in the background when kicked: at once if it is idle, else once more when
+    the run in flight ends, however many kicks arrive meanwhile (the next run sees all they
+    asked for). Failures are logged; the dispatch loop redoes whatever a run left."""
+
+    def __init__(
+        self,
+        work: Callable[[], Awaitable[object]],
+        tasks: set[asyncio.Task[None]],
+        done: Callable[[], object] | None = None,
+    ) -> None:
+        self._work = work
+        self._tasks = tasks
+        self._done = done
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        #: Kicks received.
+        self.asked = 0
+        #: Runs started.
+        self.runs = 0
+
+    def kick(self) -> None:
+        self.asked += 1
+        if self._task is not None:
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run())
+        self._tasks.add(self._task)
+        self._task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._again = False
+                self.runs += 1
+                try:
+                    await self._work()
+                except Exception:
+                    logger.exception("a dispatch step failed; the dispatch loop retries it")
+                if not self._again:
+                    return
+        finally:
+            self._task = None
+            if self._done is not None:
+                self._done()
 
 
 class DispatchLoop:

@@ -540,3 +540,32 @@ async def test_offer_events_lost_while_redis_dropped_the_subscription_still_reac
         else:
             assert message.offer_closed.offer_id == first.offer_id
             assert message.offer_closed.status == matching_pb2.OFFER_STATUS_WITHDRAWN
+
+
+async def test_a_burst_of_dispatch_calls_runs_a_few_rounds_not_one_each(mesh: Mesh) -> None:
+    orders = [await mesh.order() for _ in range(50)]
+    asked = await mesh.metric("matching_dispatch_round_requests_total")
+    rounds = await mesh.metric("matching_dispatch_call_rounds_total")
+    calls = [order for order in orders for _ in range(4)]
+    replies = await asyncio.gather(
+        *(
+            mesh.matching.DispatchOrder(
+                matching_service_pb2.DispatchOrderRequest(order_id=order),
+                metadata=mesh.as_order_svc,
+            )
+            for order in calls
+        )
+    )
+    assert sorted(r.dispatch_status.order_id for r in replies) == sorted(calls)
+    assert await mesh.metric("matching_dispatch_round_requests_total") - asked == len(calls)
+    # Each call used to start a whole round of its own (200 rounds at once, unbounded); now a
+    # round in flight takes every call that arrives meanwhile, with one more round after it.
+    ran = await mesh.metric("matching_dispatch_call_rounds_total") - rounds
+    assert 1 <= ran < len(calls) / 2
+    # And every order is dispatched all the same.
+    for order in orders:
+        status = await mesh.matching.GetDispatchStatus(
+            matching_service_pb2.GetDispatchStatusRequest(order_id=order),
+            metadata=mesh.as_order_svc,
+        )
+        assert status.dispatch_status.order_id == order
