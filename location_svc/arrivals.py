@@ -20,19 +20,28 @@ Redis keys (each courier's keys share the hash tag ``{<driver_id>}``, so a scrip
   so an older event delivered late (the relay may republish) cannot bring it back.
 - ``fence:drivers`` SET: couriers that may have fences; read when an instance (re)starts.
 - ``fence:changed`` pub/sub channel: the id of a courier whose fences changed.
+- ``fence:outbox:{<driver_id>}`` HASH: ``<order_id>/<kind>`` -> ``<claim ms>|<event payload>``,
+  each event fired but not yet known to be on the location stream. The fired mark and this
+  record are written by one script (both or neither); the record goes once the event is on the
+  stream, so an event whose publish failed, timed out or was cut short by a crash is published
+  later by any instance's outbox relay, never lost and never fired twice.
+- ``fence:outbox`` ZSET: couriers whose outbox may hold events (score: when one was last added),
+  what the relay reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
@@ -49,6 +58,7 @@ from location_svc.domain.geofence import (
     OrderFence,
 )
 from location_svc.ingest import Update
+from mesh import clock
 from mesh.events import (
     Event,
     EventConsumer,
@@ -117,12 +127,28 @@ end
 return redis.call('HLEN', KEYS[1])
 """
 
-# Records that an event fired, once: 1 if this call did, 0 if it had fired already, -1 if the
-# order is no longer the courier's (a fired mark must not outlive its fence).
-# KEYS: the courier's fences. ARGV: order id, fired field, device time of the event.
+# Records that an event fired, once, together with the event in the courier's outbox: 1 if this
+# call did, 0 if it had fired already, -1 if the order is no longer the courier's (a fired mark
+# must not outlive its fence). A script is not rolled back by an error, so the outbox write,
+# the one that can fail (a key of the wrong type), comes before the mark: both or neither.
+# KEYS: the courier's fences, their outbox. ARGV: order id, fired field, device time of the
+# event, outbox record, outbox TTL.
 _CLAIM = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
-return redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+# Drops a courier from the outbox registry unless an event was added since it was read.
+# KEYS: the registry. ARGV: the courier, the score read.
+_UNLIST = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
 """
 
 
@@ -313,6 +339,15 @@ class ActiveOrders:
         """The hash of ``driver_id``'s removed orders and the versions that removed them."""
         return f"{self._prefix}:gone:{{{driver_id}}}"
 
+    def outbox_key(self, driver_id: str) -> str:
+        """The hash of ``driver_id``'s events fired but not yet known to be published."""
+        return f"{self._prefix}:outbox:{{{driver_id}}}"
+
+    @property
+    def outbox_registry(self) -> str:
+        """The sorted set of couriers whose outbox may hold events."""
+        return f"{self._prefix}:outbox"
+
     def workers(self) -> list[Worker]:
         """The pub/sub listener and the order event consumer, as ``(run, stop)`` pairs."""
         return [(self.run, self.stop), (self.consumer.run, self.consumer.stop)]
@@ -366,20 +401,49 @@ class ActiveOrders:
 
     # --- the at-most-once gate ----------------------------------------------------------------
 
-    def queue_claim(self, pipe: Pipeline, driver_id: str, arrival: Arrival) -> None:
-        """Queues the claim of ``arrival`` on ``pipe``; its reply is 1 if this claim won."""
+    def queue_claim(
+        self, pipe: Pipeline, driver_id: str, arrival: Arrival, payload: bytes, now_ms: int
+    ) -> None:
+        """Queues the claim of ``arrival`` on ``pipe``: its fired mark and its event
+        (``payload``) in the courier's outbox, in one step; the reply is 1 if this claim won."""
         pipe.eval(
             _CLAIM,
-            1,
+            2,
             self.fence_key(driver_id),
+            self.outbox_key(driver_id),
             arrival.order_id,
             fired_field(arrival.order_id, arrival.kind),
             arrival.time_ms,
+            b"%d|" % now_ms + payload,
+            self._fence_ttl_s,
         )
 
-    def queue_release(self, pipe: Pipeline, driver_id: str, arrival: Arrival) -> None:
-        """Queues the undoing of a claim whose event could not be published."""
-        pipe.hdel(self.fence_key(driver_id), fired_field(arrival.order_id, arrival.kind))
+    def queue_listed(self, pipe: Pipeline, driver_ids: Iterable[str], now_ms: int) -> None:
+        """Queues the listing of ``driver_ids`` in the outbox registry (before their claims:
+        a courier with events in its outbox is always listed)."""
+        pipe.zadd(self.outbox_registry, dict.fromkeys(driver_ids, now_ms))
+
+    def queue_sent(self, pipe: Pipeline, driver_id: str, arrival_field: str) -> None:
+        """Queues the removal of an event from the outbox once it is on the stream."""
+        pipe.hdel(self.outbox_key(driver_id), arrival_field)
+
+    async def outbox(self) -> dict[str, tuple[float, dict[str, bytes]]]:
+        """Every listed courier: the score it was listed with and its outbox (field ->
+        record)."""
+        listed: Any = await self._redis.zrange(self.outbox_registry, 0, -1, withscores=True)
+        if not listed:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for member, _ in listed:
+            pipe.hgetall(self.outbox_key(as_text(member)))
+        found: dict[str, tuple[float, dict[str, bytes]]] = {}
+        for (member, score), raw in zip(listed, await pipe.execute(), strict=True):
+            found[as_text(member)] = (score, {as_text(k): bytes(v) for k, v in raw.items()})
+        return found
+
+    async def unlist(self, driver_id: str, score: float) -> None:
+        """Drops ``driver_id`` from the outbox registry unless listed again since ``score``."""
+        await self._redis.eval(_UNLIST, 1, self.outbox_registry, driver_id, repr(int(score)))
 
     # --- writes, from the order events --------------------------------------------------------
 
@@ -509,6 +573,13 @@ class ArrivalDetector:
     The dwell in progress lives in this process: a courier whose stream moves to another
     instance starts their current dwell again there. What fired is shared through Redis, so an
     event fires once per courier and order whichever instance sees the fixes.
+
+    An event is claimed (its fired mark) and put in the courier's outbox in one step, then
+    appended to the stream and taken out of the outbox. An append that fails, times out or is
+    cut short by a crash leaves the event in the outbox, and :meth:`run` (on every instance)
+    publishes it ``relay_after_s`` later. Delivery is at least once with one event id (a
+    relayed copy of an event whose append did land is dropped by the consumers' dedupe); an
+    event is never lost once claimed and never claimed twice.
     """
 
     def __init__(
@@ -519,6 +590,10 @@ class ArrivalDetector:
         *,
         stream: str | None = None,
         maxlen: int = 100_000,
+        relay_every_s: float = 1.0,
+        relay_after_s: float = 3.0,
+        unlist_after_s: float = 30.0,
+        max_backoff_s: float = 30.0,
     ) -> None:
         self._redis = redis
         self._orders = orders
@@ -526,12 +601,21 @@ class ArrivalDetector:
         #: The stream arrivals are published on.
         self.stream = stream or stream_for("location")
         self._maxlen = maxlen
+        self._relay_every_s = relay_every_s
+        # Younger outbox entries are most likely being appended by their claimer right now.
+        self._relay_after_ms = int(relay_after_s * 1000)
+        self._unlist_after_ms = int(unlist_after_s * 1000)
+        self._max_backoff_s = max_backoff_s
+        self._stopping = asyncio.Event()
         self._couriers: dict[str, _Courier] = {}
-        #: Events published.
+        #: Events published (by the detector or the outbox relay).
         self.published = 0
+        #: Events published by the outbox relay after their first append failed or was lost.
+        self.relayed = 0
         #: Events not published because another instance (or an earlier run) had fired them.
         self.already_fired = 0
-        #: Batches whose events could not be published (they fire again on a later fix).
+        #: Batches whose events could not be claimed (they fire again on a later fix), appends
+        #: that failed (their events stay in the outbox) and relay rounds that failed.
         self.errors = 0
 
     async def on_stored(self, updates: list[Update]) -> None:
@@ -577,70 +661,160 @@ class ArrivalDetector:
         return trackers
 
     async def _publish(self, fired: list[tuple[str, Arrival, GeofenceTracker]]) -> None:
-        """Claims each event (at most once, across instances), then appends the winners."""
-        won: list[tuple[str, Arrival, GeofenceTracker]] = []
+        """Claims each event with its outbox entry (at most once, across instances), then
+        appends the winners."""
+        now_ms = clock.now_ms()
+        payloads = [_payload(driver_id, arrival) for driver_id, arrival, _ in fired]
         try:
+            # Listed first, on its own: a courier with events in its outbox is always listed
+            # (a cluster pipeline may run commands for different nodes in any order).
             pipe = self._redis.pipeline(transaction=False)
-            for driver_id, arrival, _ in fired:
-                self._orders.queue_claim(pipe, driver_id, arrival)
-            for item, reply in zip(fired, await pipe.execute(), strict=True):
-                if int(reply) == 1:
-                    won.append(item)
-                else:
-                    # Fired elsewhere already, or the order left the courier meanwhile.
-                    self.already_fired += 1
-            if not won:
-                return
-            pipe = self._redis.pipeline(transaction=False)
-            for driver_id, arrival, _ in won:
-                pipe.xadd(
-                    self.stream,
-                    _entry(driver_id, arrival),
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
+            self._orders.queue_listed(pipe, {driver_id for driver_id, _, _ in fired}, now_ms)
             await pipe.execute()
+            pipe = self._redis.pipeline(transaction=False)
+            for (driver_id, arrival, _), payload in zip(fired, payloads, strict=True):
+                self._orders.queue_claim(pipe, driver_id, arrival, payload, now_ms)
+            replies = await pipe.execute()
         except Exception as err:
             self.errors += 1
-            logger.warning("could not publish %d arrival events: %r", len(fired), err)
-            # Neither claimed nor published for sure: the next fix fires them again, with the same
-            # event ids, so a copy that did reach the stream is dropped by its consumers.
+            logger.warning("could not claim %d arrival events: %r", len(fired), err)
+            # Not claimed, or claimed with the reply lost: the next fix fires them again, and a
+            # claim that did land answers "fired already" while the relay publishes its entry.
             for _, arrival, tracker in fired:
                 tracker.forget(arrival.kind)
-            with contextlib.suppress(Exception):
-                pipe = self._redis.pipeline(transaction=False)
-                for driver_id, arrival, _ in won:
-                    self._orders.queue_release(pipe, driver_id, arrival)
-                await pipe.execute()
             return
-        self.published += len(won)
-        for driver_id, arrival, _ in won:
-            logger.info(
-                "courier %s",
-                arrival.kind.value,
-                extra={"driver_id": driver_id, "order_id": arrival.order_id},
+        won: list[tuple[str, str, bytes]] = []
+        for (driver_id, arrival, _), payload, reply in zip(fired, payloads, replies, strict=True):
+            if int(reply) == 1:
+                won.append((driver_id, fired_field(arrival.order_id, arrival.kind), payload))
+            else:
+                # Fired elsewhere already, or the order left the courier meanwhile.
+                self.already_fired += 1
+        if won:
+            await self._send(won)
+
+    async def _send(self, items: list[tuple[str, str, bytes]], *, relayed: bool = False) -> int:
+        """Appends claimed events (``(driver_id, fired field, payload)``) to the stream and
+        takes those that landed out of the outbox; how many landed."""
+        pipe = self._redis.pipeline(transaction=False)
+        for _, _, payload in items:
+            pipe.xadd(self.stream, _entry(payload), maxlen=self._maxlen, approximate=True)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except Exception as err:
+            replies = [err] * len(items)
+        sent = [item for item, reply in zip(items, replies, strict=True) if not _failed(reply)]
+        if len(sent) < len(items):
+            self.errors += 1
+            error = next(r for r in replies if _failed(r))
+            logger.warning(
+                "could not publish %d arrival events; they stay in the outbox: %r",
+                len(items) - len(sent),
+                error,
             )
+        if not sent:
+            return 0
+        self.published += len(sent)
+        if relayed:
+            self.relayed += len(sent)
+        for driver_id, name, _ in sent:
+            logger.info(
+                "courier %s%s",
+                name.partition("/")[2],
+                " (from the outbox)" if relayed else "",
+                extra={"driver_id": driver_id, "order_id": name.partition("/")[0]},
+            )
+        pipe = self._redis.pipeline(transaction=False)
+        for driver_id, name, _ in sent:
+            self._orders.queue_sent(pipe, driver_id, name)
+        try:
+            await pipe.execute()
+        except Exception as err:
+            # Published all the same; the relay appends them again with the same event ids,
+            # and the consumers drop the copies.
+            logger.warning("could not clear %d published arrival events: %r", len(sent), err)
+        return len(sent)
+
+    async def relay(self) -> int:
+        """Publishes the outbox entries at least ``relay_after_s`` old, and unlists couriers
+        whose outbox has been empty since ``unlist_after_s``; how many events it published."""
+        now_ms = clock.now_ms()
+        due: list[tuple[str, str, bytes]] = []
+        for driver_id, (score, records) in (await self._orders.outbox()).items():
+            if not records:
+                if now_ms - score >= self._unlist_after_ms:
+                    await self._orders.unlist(driver_id, score)
+                continue
+            for name, record in records.items():
+                claimed, _, payload = record.partition(b"|")
+                try:
+                    _entry(payload)
+                    claimed_ms = int(claimed)
+                except (ValueError, KeyError, DecodeError):
+                    # No retry makes it readable; kept, it would be tried every round forever.
+                    logger.error(
+                        "dropping an unreadable arrival outbox entry",
+                        extra={"driver_id": driver_id, "field": name},
+                    )
+                    await self._redis.hdel(self._orders.outbox_key(driver_id), name)
+                    continue
+                if now_ms - claimed_ms >= self._relay_after_ms:
+                    due.append((driver_id, name, payload))
+        return await self._send(due, relayed=True) if due else 0
+
+    async def run(self) -> None:
+        """Relays the outbox every ``relay_every_s`` until :meth:`stop`; after a failed round
+        the next waits twice as long as the last (up to ``max_backoff_s``)."""
+        failures = 0
+        while not self._stopping.is_set():
+            delay = self._relay_every_s
+            try:
+                await self.relay()
+                failures = 0
+            except Exception as err:
+                failures += 1
+                self.errors += 1
+                delay = min(self._relay_every_s * 2**failures, self._max_backoff_s)
+                logger.warning("arrival outbox relay failed; again in %.1f s: %r", delay, err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to return."""
+        self._stopping.set()
 
 
-def _entry(driver_id: str, arrival: Arrival) -> dict[FieldT, EncodableT]:
-    """The stream entry of one arrival."""
-    eid = event_id(arrival.order_id, driver_id, arrival.kind)
+def _failed(reply: object) -> bool:
+    return isinstance(reply, BaseException)
+
+
+_KINDS: Mapping[int, ArrivalKind] = {proto: kind for kind, proto in _PROTO_TYPES.items()}
+
+
+def _payload(driver_id: str, arrival: Arrival) -> bytes:
+    """The serialized event of one arrival."""
     occur = timestamp_pb2.Timestamp()
     occur.FromMilliseconds(arrival.time_ms)
-    payload = location_events_pb2.DriverArrivalEvent(
-        event_id=eid,
+    return location_events_pb2.DriverArrivalEvent(
+        event_id=event_id(arrival.order_id, driver_id, arrival.kind),
         driver_id=driver_id,
         order_id=arrival.order_id,
         type=_PROTO_TYPES[arrival.kind],
         position=common_pb2.LatLng(latitude=arrival.lat, longitude=arrival.lng),
         occur_time=occur,
     ).SerializeToString()
+
+
+def _entry(payload: bytes) -> dict[FieldT, EncodableT]:
+    """The stream entry of one arrival's serialized event; KeyError or DecodeError if it is
+    not one."""
+    event = location_events_pb2.DriverArrivalEvent.FromString(payload)
     return entry_fields(
-        event_id=eid,
-        event_type=EVENT_TYPES[arrival.kind],
-        aggregate_id=arrival.order_id,
+        event_id=event.event_id,
+        event_type=EVENT_TYPES[_KINDS[event.type]],
+        aggregate_id=event.order_id,
         payload=payload,
-        occurred_at=datetime.fromtimestamp(arrival.time_ms / 1000, UTC),
+        occurred_at=event.occur_time.ToDatetime(tzinfo=UTC),
     )
 
 
@@ -660,4 +834,4 @@ def build_arrivals(
     """
     orders = ActiveOrders(redis, consumer_name=consumer_name, stream=order_stream, prefix=prefix)
     detector = ArrivalDetector(redis, orders, rules, stream=location_stream)
-    return orders, detector, orders.workers()
+    return orders, detector, [*orders.workers(), (detector.run, detector.stop)]

@@ -12,7 +12,7 @@ import contextlib
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +23,15 @@ from redis.asyncio import Redis
 from delivery.common.v1 import common_pb2
 from delivery.location.v1 import location_events_pb2
 from delivery.order.v1 import order_events_pb2
-from location_svc.arrivals import ActiveOrders, ArrivalDetector, build_arrivals
+from location_svc.arrivals import (
+    ActiveOrders,
+    ArrivalDetector,
+    build_arrivals,
+    event_id,
+    fired_field,
+)
 from location_svc.domain.fixes import Fix
-from location_svc.domain.geofence import GeofenceRules
+from location_svc.domain.geofence import ArrivalKind, GeofenceRules
 from location_svc.domain.presence import DriverStatus
 from location_svc.ingest import Update
 from mesh.events import Event, decode_entry, entry_fields, stream_for
@@ -67,6 +73,15 @@ class Rig:
     orders: ActiveOrders
     detector: ArrivalDetector
     next_event_id: int = 1
+    #: The instance's workers (fence listener, order consumer, outbox relay) and their stops.
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stops: list[Callable[[], None]] = field(default_factory=list)
+
+    async def halt(self) -> None:
+        """Stops the instance's workers, as if its process had gone."""
+        for stop in self.stops:
+            stop()
+        await asyncio.gather(*self.tasks)
 
     async def publish(self, event: order_events_pb2.OrderEvent) -> None:
         """Appends an order event as the outbox relay would."""
@@ -145,11 +160,20 @@ async def _rigs(redis: Redis) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             location_stream=location_stream,
             prefix=prefix,
         )
-        for run, stop in workers:
-            tasks.append(asyncio.create_task(run()))
-            stops.append(stop)
+        mine = [asyncio.create_task(run()) for run, _ in workers]
+        tasks.extend(mine)
+        stops.extend(stop for _, stop in workers)
         await orders.ready.wait()
-        return Rig(redis, order_stream, location_stream, prefix, orders, detector)
+        return Rig(
+            redis,
+            order_stream,
+            location_stream,
+            prefix,
+            orders,
+            detector,
+            tasks=mine,
+            stops=[stop for _, stop in workers],
+        )
 
     try:
         yield start
@@ -320,6 +344,78 @@ async def test_finished_orders_lose_their_fences_and_late_events_stay_dead(
     await rig.detector.on_stored([update(other, MERCHANT, s) for s in range(0, 40, 5)])
     assert await rig.arrivals() == []
     assert not rig.orders.has(other)
+
+
+async def test_a_failed_publish_keeps_the_arrival_in_the_outbox_until_it_is_published_once(
+    start_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    a = await start_rig("a")
+    redis = a.redis
+    driver, order = str(uuid.uuid4()), str(uuid.uuid4())
+    await a.publish(order_event(ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED, order, driver, 3))
+    await a.handled()
+    outbox = a.orders.outbox_key(driver)
+    fired = fired_field(order, ArrivalKind.ARRIVED_AT_MERCHANT)
+
+    # The location stream made a string: every XADD of an arrival fails with WRONGTYPE.
+    await redis.set(a.location_stream, "not a stream")
+    await a.detector.on_stored([update(driver, MERCHANT, s) for s in range(0, 30, 5)])
+    assert (a.detector.published, a.detector.errors) == (0, 1)
+    # Claimed and kept in one step: the fired mark and the event in the courier's outbox.
+    assert await redis.hexists(a.orders.fence_key(driver), fired)
+    assert list(await redis.hkeys(outbox)) == [fired.encode()]
+    # The instance dies before any retry, and the courier rides on: no fix will fire it again.
+    await a.halt()
+    await a.detector.on_stored([update(driver, north_of(MERCHANT, 600), 100, 10)])
+
+    # Redis takes appends again; another instance's relay publishes the event, once.
+    await redis.delete(a.location_stream)
+    b = await start_rig("b")
+    await eventually(lambda: b.detector.relayed == 1)
+    [(event, arrival)] = await b.arrivals()
+    assert arrival.type == ARRIVED_AT_MERCHANT
+    assert (arrival.order_id, arrival.driver_id) == (order, driver)
+    assert arrival.occur_time.ToMilliseconds() == T0 + 20_000
+    assert (
+        event.event_id
+        == arrival.event_id
+        == event_id(order, driver, ArrivalKind.ARRIVED_AT_MERCHANT)
+    )
+    assert not await redis.exists(outbox)
+    # Back at the shop, and further relay rounds: nothing fires or goes out again.
+    await b.detector.on_stored([update(driver, MERCHANT, s) for s in range(200, 260, 5)])
+    assert await b.detector.relay() == 0
+    assert len(await b.arrivals()) == 1
+    assert (b.detector.published, b.detector.already_fired) == (1, 0)
+
+
+async def test_a_claim_that_cannot_keep_its_event_marks_nothing_and_fires_again_once(
+    start_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await start_rig()
+    redis = rig.redis
+    driver, order = str(uuid.uuid4()), str(uuid.uuid4())
+    await rig.publish(order_event(ET.ORDER_EVENT_TYPE_COURIER_ASSIGNED, order, driver, 3))
+    await rig.handled()
+    outbox = rig.orders.outbox_key(driver)
+    fired = fired_field(order, ArrivalKind.ARRIVED_AT_MERCHANT)
+
+    # The outbox made a string: the claim's outbox write fails, and the mark with it.
+    await redis.set(outbox, "not a hash")
+    await rig.detector.on_stored([update(driver, MERCHANT, s) for s in range(0, 30, 5)])
+    assert (rig.detector.published, rig.detector.errors) == (0, 1)
+    assert not await redis.hexists(rig.orders.fence_key(driver), fired)
+    assert await rig.arrivals() == []
+
+    # Once Redis takes the write, the courier's next fix fires the arrival, once.
+    await redis.delete(outbox)
+    await rig.detector.on_stored([update(driver, MERCHANT, s) for s in range(30, 60, 5)])
+    [(_, arrival)] = await rig.arrivals()
+    assert arrival.type == ARRIVED_AT_MERCHANT
+    assert rig.detector.published == 1
+    assert not await redis.exists(outbox)
+    assert await rig.detector.relay() == 0
+    assert len(await rig.arrivals()) == 1
 
 
 # --- the marketplace side -----------------------------------------------------------------
