@@ -26,7 +26,6 @@ from mesh.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     ResourceExhausted,
     Validator,
 )
@@ -78,6 +77,10 @@ from order_svc.store.orders import (
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/heic"})
 _DEFAULT_PAGE = 20
 _MAX_PAGE = 100
+# ListStuckOrders pages by its own contract: 0 means 50, at most 500.
+_DEFAULT_STUCK_PAGE = 50
+_MAX_STUCK_PAGE = 500
+_MAX_STUCK_S = 365 * 86400
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,21 @@ def _cursor_time(value: str) -> datetime:
 
 
 _NUMERIC_ID = re.compile(r"[0-9]{1,18}")
+#: MarkNotificationsRead's documented maximum of ids per call.
+_MAX_MARK_IDS = 500
+#: How many bad elements of a repeated field a refusal names one by one.
+_NAMED_VIOLATIONS = 5
+
+
+def _bounded_violations(field: str, bad: list[int], description: str) -> list[FieldViolation]:
+    """The violations for the bad elements ``bad`` (indexes) of the repeated ``field``: the
+    first few by index, then one for the field with the count, so the answer stays small."""
+    named = [FieldViolation(f"{field}[{i}]", description) for i in bad[:_NAMED_VIOLATIONS]]
+    if len(bad) > len(named):
+        named.append(
+            FieldViolation(field, f"{len(bad)} elements are bad; the first {len(named)} are named")
+        )
+    return named
 
 
 def _enum_field(enum: Any, value: int, field: str) -> None:
@@ -136,10 +154,10 @@ def _request_hash(request: Any) -> bytes:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
 
-def _page_size(requested: int) -> int:
+def _page_size(requested: int, *, default: int = _DEFAULT_PAGE, most: int = _MAX_PAGE) -> int:
     if requested < 0:
         raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
-    return min(requested or _DEFAULT_PAGE, _MAX_PAGE)
+    return min(requested or default, most)
 
 
 def _actor_role(principal: Principal) -> str:
@@ -173,25 +191,27 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         return order
 
     async def _view(self, order: Order, principal: Principal) -> order_pb2.Order:
-        lines = await self._orders.lines(order.id)
-        show_pin = principal.role is Role.CUSTOMER and principal.subject == order.customer_id
-        return order_to_proto(order, lines, show_pin=show_pin)
+        return (await self._views([order], principal))[0]
+
+    async def _views(self, orders: list[Order], principal: Principal) -> list[order_pb2.Order]:
+        """The API views of ``orders``, their lines read in one query for the whole page."""
+        lines = await self._orders.lines_of([o.id for o in orders]) if orders else {}
+        return [
+            order_to_proto(
+                o,
+                lines.get(o.id, []),
+                show_pin=principal.role is Role.CUSTOMER and principal.subject == o.customer_id,
+            )
+            for o in orders
+        ]
 
     async def GetOrder(
         self, request: order_service_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> order_service_pb2.GetOrderResponse:
         principal = current_principal()
-        order = await self._orders.get(_check_id(request.order_id, "order_id"))
-        visible = order is not None and (
-            party_of(order.ref, principal) is not Party.NONE
-            # A courier may read an order while it is offered to them, to decide.
-            or (
-                principal.role is Role.DRIVER
-                and await self._orders.offered_to(order.id, principal.subject)
-            )
-        )
-        if order is None or not visible:
-            raise NotFound(f"order {request.order_id} not found", reason="ORDER_NOT_FOUND")
+        # Its parties only: a courier who is merely offered the order decides from the Offer,
+        # which shows no address and no customer until they accept.
+        order = await self._load(request.order_id, principal)
         return order_service_pb2.GetOrderResponse(order=await self._view(order, principal))
 
     async def ListOrders(
@@ -222,7 +242,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         )
         page, more = orders[:limit], len(orders) > limit
         return order_service_pb2.ListOrdersResponse(
-            orders=[await self._view(o, principal) for o in page],
+            orders=await self._views(page, principal),
             next_page_token=encode_token(page[-1].created_at, page[-1].id) if more else "",
         )
 
@@ -629,13 +649,15 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             policy = HandoffPolicy(order.handoff_policy)
             if kind == "pin":
                 if policy is HandoffPolicy.PHOTO:
-                    raise FailedPrecondition(
-                        "this order needs a proof-of-delivery photo", reason="PHOTO_REQUIRED"
+                    raise InvalidArgument(
+                        FieldViolation("pin", "this order needs a proof-of-delivery photo"),
+                        reason="PHOTO_REQUIRED",
                     )
                 await self._check_pin(order, request.pin)
             elif policy is HandoffPolicy.PIN:
-                raise FailedPrecondition(
-                    "this order needs the customer's PIN", reason="PIN_REQUIRED"
+                raise InvalidArgument(
+                    FieldViolation("proof_of_delivery", "this order needs the customer's PIN"),
+                    reason="PIN_REQUIRED",
                 )
 
         order, who = await self._transition(
@@ -662,7 +684,9 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 reason="PIN_ATTEMPTS_EXCEEDED",
             )
         if not hmac.compare_digest(pin.encode(), order.delivery_pin.encode()):
-            raise FailedPrecondition("the PIN does not match", reason="PIN_MISMATCH")
+            raise InvalidArgument(
+                FieldViolation("pin", "does not match the order's PIN"), reason="PIN_MISMATCH"
+            )
 
     async def CancelOrder(
         self, request: order_service_pb2.CancelOrderRequest, context: grpc.aio.ServicerContext
@@ -686,6 +710,11 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         _enum_field(order_pb2.ProblemReason, request.reason, "reason")
         v = Validator()
         v.check(len(request.description) <= 2000, "description", "must be at most 2000 characters")
+        v.check(
+            request.reason != order_pb2.PROBLEM_REASON_OTHER or bool(request.description.strip()),
+            "description",
+            "is required when the reason is PROBLEM_REASON_OTHER",
+        )
         v.raise_if_any()
         order = await self._load(request.order_id, principal)
         now = _now()
@@ -728,10 +757,10 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         order = await self._load(request.order_id, principal)
         target = enum_name(order_pb2.RatingTarget, request.target, "RATING_TARGET_")
         party = party_of(order.ref, principal)
-        allowed = {Party.CUSTOMER: {"driver", "merchant"}, Party.DRIVER: {"customer"}}
-        if target not in allowed.get(party, set()):
-            raise PermissionDenied(
-                f"a {party.value} cannot rate the {target} of an order", reason="RATING_NOT_ALLOWED"
+        if target not in _RATES.get(party, frozenset()):
+            raise InvalidArgument(
+                FieldViolation("target", f"{party.value}s cannot rate the {target} of an order"),
+                reason="RATING_NOT_ALLOWED",
             )
         if order.status is not OrderStatus.DELIVERED:
             raise FailedPrecondition("only a delivered order can be rated", reason="NOT_DELIVERED")
@@ -746,7 +775,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             rating = await self._feedback.rate(
                 order_id=order.id,
                 rater_id=principal.subject,
-                rater_role=principal.role.value,
+                rater_role=party.value,
                 target=target,
                 target_id=target_id,
                 score=request.score,
@@ -754,7 +783,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             )
         except AlreadyExists:
             # The same rating sent again (a retry) is answered; a different one is refused.
-            earlier = await self._feedback.rating_of(order.id, target)
+            earlier = await self._feedback.rating_of(order.id, party.value, target)
             same = earlier is not None and (
                 earlier.rater_id,
                 earlier.score,
@@ -795,6 +824,14 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         request: order_service_pb2.MarkNotificationsReadRequest,
         context: grpc.aio.ServicerContext,
     ) -> order_service_pb2.MarkNotificationsReadResponse:
+        # The size first: a refusal must not cost (or answer) in proportion to a huge list.
+        if len(request.notification_ids) > _MAX_MARK_IDS:
+            raise InvalidArgument(
+                FieldViolation(
+                    "notification_ids",
+                    f"must hold at most {_MAX_MARK_IDS} ids, got {len(request.notification_ids)}",
+                )
+            )
         principal = current_principal()
         principal.require(Role.CUSTOMER, Role.DRIVER, Role.MERCHANT, Role.ADMIN)
         ids = None
@@ -804,10 +841,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             ]
             if bad:
                 raise InvalidArgument(
-                    [
-                        FieldViolation(f"notification_ids[{i}]", "is not a notification id")
-                        for i in bad
-                    ]
+                    _bounded_violations("notification_ids", bad, "is not a notification id")
                 )
             ids = [int(n) for n in request.notification_ids]
         count = await self._feedback.mark_read(principal.subject, ids)
@@ -822,11 +856,18 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
     ) -> order_service_pb2.ListStuckOrdersResponse:
         principal = current_principal()
         principal.require(Role.ADMIN, Role.SERVICE)
-        stuck_s = request.stuck_duration.seconds if request.HasField("stuck_duration") else 1800
-        if not 0 < stuck_s <= 365 * 86400:
-            raise InvalidArgument(FieldViolation("stuck_duration", "must be 1 s to 365 days"))
-        stuck_for = timedelta(seconds=stuck_s)
-        limit = _page_size(request.page_size)
+        threshold = request.stuck_duration
+        # Duration's own range is checked before conversion (seconds and nanos share a sign).
+        if not (
+            0 <= threshold.seconds <= _MAX_STUCK_S
+            and 0 <= threshold.nanos < 1_000_000_000
+            and (threshold.seconds or threshold.nanos)
+        ):
+            raise InvalidArgument(
+                FieldViolation("stuck_duration", "must be positive and at most 365 days")
+            )
+        stuck_for = timedelta(seconds=threshold.seconds, microseconds=threshold.nanos // 1000)
+        limit = _page_size(request.page_size, default=_DEFAULT_STUCK_PAGE, most=_MAX_STUCK_PAGE)
         cursor = decode_token(request.page_token, 2)
         after = None
         if cursor:
@@ -834,13 +875,13 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         now = _now()
         orders = await self._orders.stuck(older_than=now - stuck_for, limit=limit + 1, after=after)
         page, more = orders[:limit], len(orders) > limit
+        views = await self._views(page, principal)
         return order_service_pb2.ListStuckOrdersResponse(
             stuck_orders=[
                 order_pb2.StuckOrder(
-                    order=await self._view(o, principal),
-                    state_duration=duration((now - o.updated_at).total_seconds()),
+                    order=view, state_duration=duration((now - o.updated_at).total_seconds())
                 )
-                for o in page
+                for o, view in zip(page, views, strict=True)
             ],
             next_page_token=encode_token(page[-1].updated_at, page[-1].id) if more else "",
         )
@@ -874,6 +915,14 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 for table, count in results
             ]
         )
+
+
+#: Who may rate whom on a delivered order (OrderService.RateOrder): each direction once.
+_RATES: dict[Party, frozenset[str]] = {
+    Party.CUSTOMER: frozenset({"driver", "merchant"}),
+    Party.DRIVER: frozenset({"customer", "merchant"}),
+    Party.MERCHANT: frozenset({"driver"}),
+}
 
 
 def _cancel_reason(value: int) -> str:

@@ -165,13 +165,6 @@ def party_of(order: OrderRef, principal: Principal) -> Party:
     return Party.NONE
 
 
-def can_view(order: OrderRef, principal: Principal, *, offered_to: bool = False) -> bool:
-    """Whether ``principal`` may read ``order`` (a driver also while it is offered to them)."""
-    return party_of(order, principal) is not Party.NONE or (
-        offered_to and principal.role is Role.DRIVER
-    )
-
-
 def plan(
     order: OrderRef,
     action: Action,

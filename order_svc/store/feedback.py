@@ -133,16 +133,17 @@ class FeedbackStore:
         fields = dict(row)
         return bytes(fields.pop("request_hash")), ProblemReport(**fields)
 
-    async def rating_of(self, order_id: str, target: str) -> Rating | None:
-        """The rating already given to ``target`` for ``order_id``, if any."""
+    async def rating_of(self, order_id: str, rater_role: str, target: str) -> Rating | None:
+        """The rating a ``rater_role`` already gave ``target`` for ``order_id``, if any."""
         row = await self._pool.fetchrow(
             """
             SELECT id::text AS id, order_id::text AS order_id, rater_id::text AS rater_id,
                    rater_role, target, target_id::text AS target_id, score,
                    coalesce(comment, '') AS comment, created_at
-              FROM ratings WHERE order_id = $1::uuid AND target = $2
+              FROM ratings WHERE order_id = $1::uuid AND rater_role = $2 AND target = $3
             """,
             order_id,
+            rater_role,
             target,
         )
         return Rating(**dict(row)) if row else None
@@ -158,7 +159,9 @@ class FeedbackStore:
         score: int,
         comment: str,
     ) -> Rating:
-        """Records a rating once per order and direction and refreshes the target's average."""
+        """Records a rating once per order and direction (rater role to target) and refreshes
+        the target's average: a merchant's counts its customers' ratings only (Merchant's
+        ``rating_average``), a courier's and a customer's every rating they received."""
         table = _AGGREGATES[target]
         async with self._pool.acquire() as conn, conn.transaction():
             # Lock the target first: concurrent ratings of one courier then recompute the
@@ -192,7 +195,9 @@ class FeedbackStore:
                 UPDATE {table} t
                    SET rating_avg = s.avg, rating_count = s.n
                   FROM (SELECT round(avg(score), 2) AS avg, count(*) AS n
-                          FROM ratings WHERE target = $2 AND target_id = $1::uuid) s
+                          FROM ratings
+                         WHERE target = $2 AND target_id = $1::uuid
+                           AND (target <> 'merchant' OR rater_role = 'customer')) s
                  WHERE t.id = $1::uuid
                 """,
                 target_id,

@@ -120,33 +120,21 @@ class OrderStore:
         row = await (conn or self._pool).fetchrow(sql, order_id)
         return order_from_row(row) if row else None
 
-    async def offered_to(self, order_id: str, driver_id: str) -> bool:
-        """Whether ``order_id`` is on offer to ``driver_id`` right now."""
-        return bool(
-            await self._pool.fetchval(
-                """
-                SELECT EXISTS (SELECT 1 FROM driver_offers
-                                WHERE order_id = $1::uuid AND driver_id = $2::uuid
-                                  AND status = 'pending' AND expires_at > now())
-                """,
-                order_id,
-                driver_id,
-            )
-        )
-
-    async def lines(self, order_id: str) -> list[PricedLine]:
-        """The lines of an order, with their chosen options, in the order they were placed."""
+    async def lines_of(self, order_ids: Sequence[str]) -> dict[str, list[PricedLine]]:
+        """The lines of each of ``order_ids``, with their chosen options, in the order they
+        were placed: one query for a whole page of orders. An order without lines is absent."""
         rows = await self._pool.fetch(
             """
-            SELECT i.id, i.menu_item_id::text AS menu_item_id, i.name, i.quantity,
-                   i.unit_price_minor, i.line_total_minor, coalesce(i.note, '') AS note,
+            SELECT i.order_id::text AS order_id, i.id, i.menu_item_id::text AS menu_item_id,
+                   i.name, i.quantity, i.unit_price_minor, i.line_total_minor,
+                   coalesce(i.note, '') AS note,
                    o.option_group_id::text AS option_group_id, o.option_id::text AS option_id,
                    o.group_name, o.name AS option_name, o.price_delta_minor
               FROM order_items i LEFT JOIN order_item_options o ON o.order_item_id = i.id
-             WHERE i.order_id = $1::uuid
-             ORDER BY i.line_no, o.id
+             WHERE i.order_id = ANY($1::uuid[])
+             ORDER BY i.order_id, i.line_no, o.id
             """,
-            order_id,
+            list(order_ids),
         )
         lines: dict[object, tuple[asyncpg.Record, list[PricedOption]]] = {}
         for row in rows:
@@ -161,18 +149,20 @@ class OrderStore:
                         row["price_delta_minor"],
                     )
                 )
-        return [
-            PricedLine(
-                menu_item_id=row["menu_item_id"] or "",
-                name=row["name"],
-                quantity=row["quantity"],
-                unit_price_minor=row["unit_price_minor"],
-                options=tuple(options),
-                line_total_minor=row["line_total_minor"],
-                note=row["note"],
+        by_order: dict[str, list[PricedLine]] = {}
+        for row, options in lines.values():
+            by_order.setdefault(row["order_id"], []).append(
+                PricedLine(
+                    menu_item_id=row["menu_item_id"] or "",
+                    name=row["name"],
+                    quantity=row["quantity"],
+                    unit_price_minor=row["unit_price_minor"],
+                    options=tuple(options),
+                    line_total_minor=row["line_total_minor"],
+                    note=row["note"],
+                )
             )
-            for row, options in lines.values()
-        ]
+        return by_order
 
     async def seen(self, key: RequestKey) -> tuple[bytes, str | None] | None:
         """The request hash and resource id stored under ``key``, if it is remembered."""

@@ -650,7 +650,7 @@ async def test_admins_list_stuck_orders_and_reassign(market: Market, stores: Sto
     assert cleared.order.driver_id == ""
 
 
-async def test_a_courier_reads_an_order_only_while_it_is_offered_or_theirs(
+async def test_a_courier_who_is_only_offered_an_order_cannot_read_it(
     market: Market, stores: Stores
 ) -> None:
     owner = await market.sign_up(MERCHANT)
@@ -674,8 +674,11 @@ async def test_a_courier_reads_an_order_only_while_it_is_offered_or_theirs(
         order.order_id,
         courier.user_id,
     )
-    seen = await market.orders.GetOrder(request, metadata=courier.metadata)
-    assert seen.order.order_id == order.order_id and seen.order.delivery_pin == ""
+    # The Offer is what a courier decides on; the order (address, customer) is theirs to read
+    # once assigned (tests/integration/test_order_contracts.py).
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await market.orders.GetOrder(request, metadata=courier.metadata)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     await stores.pool.execute("UPDATE driver_offers SET status = 'expired' WHERE id = $1", offer_id)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await market.orders.GetOrder(request, metadata=courier.metadata)
