@@ -10,9 +10,9 @@ import os
 import secrets
 import signal
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mesh.embedded import embedded_stores, free_port
 from mesh.logs import configure_logging
@@ -32,25 +32,165 @@ SERVICES = {
 }
 
 
+#: Seconds a service that died waits before it is started again, the first time; the pause
+#: doubles with each death in a row, up to :data:`MAX_RESTART_DELAY_S`.
+RESTART_DELAY_S = 0.5
+#: The longest pause before a restart.
+MAX_RESTART_DELAY_S = 10.0
+#: A service that served this long since its last start is well again: its next restart waits
+#: :data:`RESTART_DELAY_S` again.
+STABLE_AFTER_S = 30.0
+#: A service that dies this many times within :data:`DEATH_WINDOW_S` stops the whole mesh.
+MAX_DEATHS = 5
+#: Seconds over which deaths are counted.
+DEATH_WINDOW_S = 60.0
+
+
+def exit_status(code: int) -> str:
+    """A process's return code as words: ``status 1`` or ``signal 9 SIGKILL``."""
+    if code < 0:
+        try:
+            return f"signal {-code} {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
 @dataclass
 class Child:
-    """One service process started by ``delivery up``."""
+    """One service process started by ``delivery up``, and its restarts."""
 
     name: str
     address: str
     process: asyncio.subprocess.Process | None = None
+    #: Set once the current process has printed its ready line.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Whether any process of this service has served yet (before that, a death is a failed
+    #: start, not something to restart).
+    served: bool = False
+    #: Restarts so far.
+    restarts: int = 0
+    #: When the current process was started (event loop time).
+    started_at: float = 0.0
+    #: When recent deaths happened (event loop time), for :data:`MAX_DEATHS`.
+    deaths: deque[float] = field(default_factory=deque)
 
 
-async def _pump(child: Child) -> None:
-    """Forwards a child's stdout and notices its ready line."""
-    assert child.process and child.process.stdout
-    async for raw in child.process.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        if line.startswith(READY_PREFIX):
-            child.ready.set()
-        sys.stdout.write(f"[{child.name}] {line}\n")
-        sys.stdout.flush()
+class Mesh:
+    """Starts the services, restarts one that dies, and stops them all in order."""
+
+    def __init__(self, addresses: dict[str, str], env: dict[str, str], stop_timeout: float):
+        self.children = {name: Child(name, addresses[name]) for name in SERVICES}
+        self._env = env
+        self._stop_timeout = stop_timeout
+        self._stopping = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Set with a one-line reason when the mesh cannot go on (a service failed to start
+        #: or keeps dying).
+        self.failed = asyncio.Event()
+        self.failure = ""
+        #: Set once every service has served.
+        self.all_ready = asyncio.Event()
+
+    def start(self) -> None:
+        """Starts every service, each under its own supervising task."""
+        for child in self.children.values():
+            self._tasks[child.name] = asyncio.create_task(self._keep(child))
+
+    def _fail(self, reason: str) -> None:
+        if not self.failed.is_set():
+            self.failure = reason
+            self.failed.set()
+
+    async def _spawn(self, child: Child) -> None:
+        child.ready.clear()
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            SERVICES[child.name],
+            env=self._env,
+            stdout=asyncio.subprocess.PIPE,
+            # Keep Ctrl-C for us: children are stopped with SIGTERM, in order.
+            start_new_session=True,
+        )
+        child.started_at = asyncio.get_running_loop().time()
+        if self._stopping.is_set():
+            # The stop began while this process was being started: it missed the signal.
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+
+    async def _pump(self, child: Child) -> None:
+        """Forwards a child's stdout and notices its ready line."""
+        assert child.process and child.process.stdout
+        async for raw in child.process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith(READY_PREFIX):
+                child.ready.set()
+                child.served = True
+                if all(c.served for c in self.children.values()):
+                    self.all_ready.set()
+            sys.stdout.write(f"[{child.name}] {line}\n")
+            sys.stdout.flush()
+
+    async def _keep(self, child: Child) -> None:
+        """Runs ``child`` until the mesh stops, starting it again (with backoff) when it dies."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_DELAY_S
+        while True:
+            await self._spawn(child)
+            assert child.process is not None
+            await self._pump(child)
+            code = await child.process.wait()
+            if self._stopping.is_set():
+                return
+            status = exit_status(code)
+            if not child.served:
+                self._fail(f"{child.name} exited ({status}) before it served")
+                return
+            now = loop.time()
+            if now - child.started_at >= STABLE_AFTER_S:
+                delay = RESTART_DELAY_S
+            child.deaths.append(now)
+            while child.deaths and child.deaths[0] < now - DEATH_WINDOW_S:
+                child.deaths.popleft()
+            if len(child.deaths) >= MAX_DEATHS:
+                self._fail(
+                    f"{child.name} died {len(child.deaths)} times within {DEATH_WINDOW_S:g} s"
+                    f" (last: {status}); stopping the mesh"
+                )
+                return
+            child.restarts += 1
+            logger.warning(
+                "%s exited (%s); restart %d in %g s", child.name, status, child.restarts, delay
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+
+    async def stop(self) -> None:
+        """Stops every service: edge first (it calls the others), then the rest, in reverse
+        start order."""
+        self._stopping.set()
+        for name in reversed(SERVICES):
+            await self._stop_child(self.children[name])
+
+    async def _stop_child(self, child: Child) -> None:
+        task = self._tasks.get(child.name)
+        if task is None:
+            return
+        if child.process and child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._stop_timeout)
+        except TimeoutError:
+            logger.warning("%s did not stop within %g s; killed", child.name, self._stop_timeout)
+            if child.process and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+            await task
 
 
 def _addresses(base_port: int, host: str) -> dict[str, str]:
@@ -91,68 +231,42 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
     print(f"applying migrations to {database_url}", flush=True)
     await migrate(database_url)
 
-    children = [Child(name, addresses[name]) for name in SERVICES]
+    mesh = Mesh(addresses, env, args.stop_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    pumps: list[asyncio.Task[None]] = []
+    waits = [
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(mesh.failed.wait()),
+        asyncio.create_task(mesh.all_ready.wait()),
+    ]
     exit_code = 0
     try:
-        for child in children:
-            child.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                SERVICES[child.name],
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                # Keep Ctrl-C for us: children are stopped with SIGTERM, in order.
-                start_new_session=True,
-            )
-            pumps.append(asyncio.create_task(_pump(child)))
-        waits: dict[asyncio.Future[Any], Child] = {
-            asyncio.create_task(child.process.wait()): child  # type: ignore[union-attr]
-            for child in children
-        }
-        ready: asyncio.Future[Any] = asyncio.gather(*(c.ready.wait() for c in children))
-        stopped: asyncio.Future[Any] = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait(
-            {ready, stopped, *waits}, timeout=args.start_timeout, return_when="FIRST_COMPLETED"
-        )
-        if ready not in done:
-            ready.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ready
-            if not stop.is_set():
-                dead = [waits[t].name for t in done if t in waits]
-                print(f"the mesh did not start: {', '.join(dead) or 'timed out'}", file=sys.stderr)
-                exit_code = 1
-        else:
+        mesh.start()
+        await asyncio.wait(waits, timeout=args.start_timeout, return_when="FIRST_COMPLETED")
+        if mesh.all_ready.is_set() and not stop.is_set() and not mesh.failed.is_set():
             print("\nthe delivery mesh is up (Ctrl-C stops it):", flush=True)
-            for child in children:
+            for child in mesh.children.values():
                 kind = "gRPC-web + pages" if child.name == "edge" else "gRPC"
                 print(f"  {child.name:<9} {child.address:<22} {kind}", flush=True)
             print(f"  postgres  {database_url}\n  redis     {redis_url}\n", flush=True)
-            done, _ = await asyncio.wait({stopped, *waits}, return_when="FIRST_COMPLETED")
-            for task in done:
-                if task in waits:
-                    print(f"{waits[task].name} exited unexpectedly; stopping", file=sys.stderr)
-                    exit_code = 1
-        stopped.cancel()
+            await asyncio.wait(waits[:2], return_when="FIRST_COMPLETED")
+        if mesh.failed.is_set() and not stop.is_set():
+            print(mesh.failure, file=sys.stderr, flush=True)
+            exit_code = 1
+        elif not stop.is_set() and not mesh.all_ready.is_set():
+            late = [c.name for c in mesh.children.values() if not c.served]
+            print(
+                f"the mesh did not start within {args.start_timeout:g} s: {', '.join(late)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            exit_code = 1
     finally:
-        # Edge first (it calls the others), then the services in reverse start order.
-        for child in reversed(children):
-            if child.process and child.process.returncode is None:
-                child.process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(child.process.wait(), timeout=args.stop_timeout)
-                except TimeoutError:
-                    child.process.kill()
-                    await child.process.wait()
-        for pump in pumps:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+        for task in waits:
+            task.cancel()
+        await mesh.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print("the delivery mesh stopped", flush=True)
