@@ -15,12 +15,13 @@ from mesh.geo import haversine_m, validate_location
 from mesh.ids import canonical_uuid
 from order_svc.domain.menus import MenuItem, Merchant
 
-MAX_LINES = 50
-MAX_QUANTITY = 50
+# The limits CreateOrderRequest and OrderItemInput document.
+MAX_LINES = 100
+MAX_QUANTITY = 99
+MAX_NOTE = 500
+MAX_LINE_NOTE = 500
 MAX_TIP_MINOR = 100_000
 MAX_ADDRESS = 500
-MAX_NOTE = 1000
-MAX_LINE_NOTE = 500
 MAX_REQUEST_ID = 128
 
 

@@ -558,3 +558,33 @@ async def _page_reads(
         await _pool(stores).execute(
             "DELETE FROM orders WHERE customer_id = $1::uuid", customer.user_id
         )
+
+
+async def test_create_order_takes_the_documented_limits(market: Market, stores: Stores) -> None:
+    owner = await market.sign_up(MERCHANT)
+    customer = await market.sign_up(CUSTOMER)
+    shop, pizza = await market.shop(owner)
+
+    def with_lines(count: int, quantity: int = 1) -> order_service_pb2.CreateOrderRequest:
+        request = market.order_request(shop, pizza, quantity=quantity)
+        while len(request.items) < count:
+            request.items.add().CopyFrom(request.items[0])
+        return request
+
+    # At most 100 lines of 1 to 99 units each, a note of at most 500 characters.
+    biggest = with_lines(100, quantity=99)
+    biggest.note = "n" * 500
+    order = (await market.orders.CreateOrder(biggest, metadata=customer.metadata)).order
+    assert len(order.items) == 100 and {i.quantity for i in order.items} == {99}
+    for request, field in (
+        (with_lines(101), "items"),
+        (with_lines(1, quantity=100), "items[0].quantity"),
+        (market.order_request(shop, pizza), "note"),
+    ):
+        if field == "note":
+            request.note = "n" * 501
+        err = await _refused(market.orders.CreateOrder, request, customer)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(err)[1] == [field]
+    placed = "SELECT count(*) FROM orders WHERE customer_id = $1::uuid"
+    assert await _pool(stores).fetchval(placed, customer.user_id) == 1
