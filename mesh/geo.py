@@ -37,6 +37,21 @@ def valid_lat_lng(lat: float, lng: float) -> bool:
     )
 
 
+#: Coordinates closer to 0 than this many degrees (0.1 mm on the ground) are 0.
+NEAR_ZERO_DEG = 1e-9
+
+
+def snap_near_zero(degrees: float) -> float:
+    """``degrees``, or 0.0 if it is closer to 0 than :data:`NEAR_ZERO_DEG`.
+
+    PostgreSQL refuses float8 arithmetic that underflows ("value out of range: underflow"):
+    ``radians(5e-324)``, or ``power(sin(radians(1e-200)), 2)`` in a distance between a point
+    so near the equator or the prime meridian and one on it. Two coordinates that are each 0
+    or at least this far from it differ by 0 or by enough that no such term underflows.
+    """
+    return 0.0 if -NEAR_ZERO_DEG < degrees < NEAR_ZERO_DEG else degrees
+
+
 def cell(lat: float, lng: float, res: int) -> str:
     """The H3 cell of resolution ``res`` that contains the point."""
     return str(h3.latlng_to_cell(lat, lng, res))

@@ -26,6 +26,7 @@ from mesh.logs import configure_logging
 from mesh.metrics import MetricsEndpoint, new_registry
 from mesh.settings import ServerSettings, Settings, env_int, split_listen, worker_index
 from mesh.stores import Stores, open_stores
+from mesh.validation import ValidationInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,9 @@ def build_mesh_server(
         else None
     )
     interceptor = MeshInterceptor(sessions, public_methods)
-    return build_grpc_server(settings.server, bindings, [interceptor], interceptor.gate)
+    return build_grpc_server(
+        settings.server, bindings, [interceptor, ValidationInterceptor()], interceptor.gate
+    )
 
 
 def consumer_name() -> str:
