@@ -588,3 +588,96 @@ async def test_create_order_takes_the_documented_limits(market: Market, stores: 
         assert details(err)[1] == [field]
     placed = "SELECT count(*) FROM orders WHERE customer_id = $1::uuid"
     assert await _pool(stores).fetchval(placed, customer.user_id) == 1
+
+
+async def test_the_verbs_answer_the_codes_the_contract_documents(
+    market: Market, stores: Stores
+) -> None:
+    owner = await market.sign_up(MERCHANT)
+    stranger = await market.sign_up(MERCHANT)
+    customer = await market.sign_up(CUSTOMER)
+    courier, second = await market.sign_up(DRIVER), await market.sign_up(DRIVER)
+    admin = await market.admin()
+    shop, pizza = await market.shop(owner)
+    matching = Caller("", market.matching)
+
+    async def code(call: Any, request: Any, who: Caller) -> tuple[grpc.StatusCode, str]:
+        err = await _refused(call, request, who)
+        return err.code(), details(err)[0]
+
+    C = grpc.StatusCode
+    # CreateOrder: PERMISSION_DENIED for other roles, NOT_FOUND for an unknown merchant.
+    assert (await code(market.orders.CreateOrder, market.order_request(shop, pizza), courier))[
+        0
+    ] is C.PERMISSION_DENIED
+    unknown_shop = market.order_request(shop, pizza)
+    unknown_shop.merchant_id = str(uuid.uuid4())
+    assert (await code(market.orders.CreateOrder, unknown_shop, customer))[0] is C.NOT_FOUND
+    # ListOrders: INVALID_ARGUMENT for an unspecified status in the filter.
+    unspecified = order_service_pb2.ListOrdersRequest(
+        statuses=[common_pb2.ORDER_STATUS_UNSPECIFIED]
+    )
+    assert (await code(market.orders.ListOrders, unspecified, customer))[0] is C.INVALID_ARGUMENT
+
+    order = (
+        await market.orders.CreateOrder(
+            market.order_request(shop, pizza), metadata=customer.metadata
+        )
+    ).order
+    ref = {"order_id": order.order_id}
+    assign = order_service_pb2.AssignCourierRequest(**ref, driver_id=courier.user_id)
+    # A state change the current state does not allow: FAILED_PRECONDITION with a reason.
+    assert await code(market.orders.AssignCourier, assign, matching) == (
+        C.FAILED_PRECONDITION,
+        "ILLEGAL_TRANSITION",
+    )
+    # A stale expected_version: ABORTED. An order the caller may not see: NOT_FOUND.
+    stale = order_service_pb2.ConfirmOrderRequest(**ref, expected_version=order.version + 5)
+    assert (await code(market.orders.ConfirmOrder, stale, owner))[0] is C.ABORTED
+    confirm = order_service_pb2.ConfirmOrderRequest(**ref)
+    assert (await code(market.orders.ConfirmOrder, confirm, stranger))[0] is C.NOT_FOUND
+    assert (await code(market.orders.ConfirmOrder, confirm, customer))[0] is C.PERMISSION_DENIED
+    await market.orders.ConfirmOrder(confirm, metadata=owner.metadata)
+
+    # AssignCourier: the same assignment again succeeds and changes nothing; another courier
+    # is FAILED_PRECONDITION COURIER_ALREADY_ASSIGNED.
+    first = (await market.orders.AssignCourier(assign, metadata=market.matching)).order
+    again = (await market.orders.AssignCourier(assign, metadata=market.matching)).order
+    assert again.version == first.version and again.driver_id == courier.user_id
+    other = order_service_pb2.AssignCourierRequest(**ref, driver_id=second.user_id)
+    assert await code(market.orders.AssignCourier, other, matching) == (
+        C.FAILED_PRECONDITION,
+        "COURIER_ALREADY_ASSIGNED",
+    )
+    # ReassignOrder: INVALID_ARGUMENT if new_driver_id is not a courier.
+    not_a_courier = order_service_pb2.ReassignOrderRequest(**ref, new_driver_id=customer.user_id)
+    err = await _refused(market.orders.ReassignOrder, not_a_courier, admin)
+    assert err.code() is C.INVALID_ARGUMENT and details(err)[1] == ["new_driver_id"]
+    # Couriers cannot cancel; they report a problem instead.
+    cancel = order_service_pb2.CancelOrderRequest(**ref, reason=order_pb2.CANCEL_REASON_OTHER)
+    assert (await code(market.orders.CancelOrder, cancel, courier))[0] is C.PERMISSION_DENIED
+    # RateOrder: FAILED_PRECONDITION while the order is not delivered.
+    rate = order_service_pb2.RateOrderRequest(**ref, target=order_pb2.RATING_TARGET_DRIVER, score=5)
+    assert await code(market.orders.RateOrder, rate, customer) == (
+        C.FAILED_PRECONDITION,
+        "NOT_DELIVERED",
+    )
+
+    await market.orders.MarkOrderReady(
+        order_service_pb2.MarkOrderReadyRequest(**ref), metadata=owner.metadata
+    )
+    await market.orders.PickUpOrder(
+        order_service_pb2.PickUpOrderRequest(**ref), metadata=courier.metadata
+    )
+    # CompleteDelivery: INVALID_ARGUMENT for a missing proof.
+    no_proof = order_service_pb2.CompleteDeliveryRequest(**ref)
+    err = await _refused(market.orders.CompleteDelivery, no_proof, courier)
+    assert err.code() is C.INVALID_ARGUMENT and details(err)[1] == ["proof"]
+    # ReassignOrder: FAILED_PRECONDITION once picked up.
+    away = order_service_pb2.ReassignOrderRequest(**ref, new_driver_id=second.user_id)
+    assert (await code(market.orders.ReassignOrder, away, admin))[0] is C.FAILED_PRECONDITION
+    row = await _pool(stores).fetchrow(
+        "SELECT status, driver_id::text AS driver_id FROM orders WHERE id = $1::uuid",
+        order.order_id,
+    )
+    assert (row["status"], row["driver_id"]) == ("picked_up", courier.user_id)
