@@ -56,13 +56,14 @@ from order_svc.domain.orders import (
     settle_cancellation,
 )
 from order_svc.domain.pricing import (
+    MAX_REQUEST_ID,
     FeeSchedule,
     LineInput,
     OrderInput,
     price_order,
     validate_order_input,
 )
-from order_svc.store.feedback import FeedbackStore
+from order_svc.store.feedback import RATE_ORDER, FeedbackStore
 from order_svc.store.menu_cache import MenuCache
 from order_svc.store.merchants import MerchantStore
 from order_svc.store.orders import (
@@ -136,6 +137,15 @@ def _bounded_violations(field: str, bad: list[int], description: str) -> list[Fi
             FieldViolation(field, f"{len(bad)} elements are bad; the first {len(named)} are named")
         )
     return named
+
+
+def _check_request_id(v: Validator, request_id: str) -> None:
+    # Remembered idempotency keys are bounded (and the table refuses longer ones).
+    v.check(
+        len(request_id) <= MAX_REQUEST_ID,
+        "request_id",
+        f"must be at most {MAX_REQUEST_ID} characters",
+    )
 
 
 def _enum_field(enum: Any, value: int, field: str) -> None:
@@ -415,6 +425,9 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         already_done: Any = None,
     ) -> tuple[Order, Principal]:
         principal = current_principal()
+        v = Validator()
+        _check_request_id(v, request.request_id)
+        v.raise_if_any()
         order = await self._load(request.order_id, principal)
         key = None
         if request.request_id:
@@ -709,6 +722,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         principal = current_principal()
         _enum_field(order_pb2.ProblemReason, request.reason, "reason")
         v = Validator()
+        _check_request_id(v, request.request_id)
         v.check(len(request.description) <= 2000, "description", "must be at most 2000 characters")
         v.check(
             request.reason != order_pb2.PROBLEM_REASON_OTHER or bool(request.description.strip()),
@@ -753,6 +767,7 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
             "must be set to a known value",
         )
         v.check(len(request.comment) <= 1000, "comment", "must be at most 1000 characters")
+        _check_request_id(v, request.request_id)
         v.raise_if_any()
         order = await self._load(request.order_id, principal)
         target = enum_name(order_pb2.RatingTarget, request.target, "RATING_TARGET_")
@@ -771,6 +786,15 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
         }[target]
         if target_id is None:
             raise FailedPrecondition(f"the order's {target} is gone", reason="TARGET_GONE")
+        key = None
+        if request.request_id:
+            key = RequestKey(
+                _caller_uuid(principal), RATE_ORDER, request.request_id, _request_hash(request)
+            )
+            # A retry of a rating that was stored is answered with it.
+            replay = await self._rating_replay(key, order, party, target)
+            if replay is not None:
+                return replay
         try:
             rating = await self._feedback.rate(
                 order_id=order.id,
@@ -780,18 +804,36 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                 target_id=target_id,
                 score=request.score,
                 comment=request.comment,
+                key=(key.caller_id, key.request_id, key.request_hash) if key else None,
             )
         except AlreadyExists:
-            # The same rating sent again (a retry) is answered; a different one is refused.
-            earlier = await self._feedback.rating_of(order.id, party.value, target)
-            same = earlier is not None and (
-                earlier.rater_id,
-                earlier.score,
-                earlier.comment,
-            ) == (principal.subject, request.score, request.comment)
-            if not same or earlier is None:
+            # A concurrent retry of this very request stored it first; anything else is a
+            # second rating of the same target.
+            replay = await self._rating_replay(key, order, party, target) if key else None
+            if replay is None:
                 raise
-            rating = earlier
+            return replay
+        return order_service_pb2.RateOrderResponse(rating=rating_to_proto(rating))
+
+    async def _rating_replay(
+        self, key: RequestKey, order: Order, party: Party, target: str
+    ) -> order_service_pb2.RateOrderResponse | None:
+        """The answer to a retry of the rating request ``key``, or ``None`` if it is new;
+        refuses the key reused for another request."""
+        seen = await self._orders.seen(key)
+        if seen is None:
+            return None
+        request_hash, rating_id = seen
+        rating = await self._feedback.rating_of(order.id, party.value, target)
+        if (
+            not hmac.compare_digest(request_hash, key.request_hash)
+            or rating is None
+            or rating.id != rating_id
+        ):
+            raise InvalidArgument(
+                FieldViolation("request_id", "was already used for a different request"),
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
         return order_service_pb2.RateOrderResponse(rating=rating_to_proto(rating))
 
     async def ListNotifications(

@@ -52,6 +52,9 @@ class Notification:
     created_at: datetime
 
 
+#: The idempotency-key operation of RateOrder.
+RATE_ORDER = "rate_order"
+
 # Where each rating target's average lives.
 _AGGREGATES = {"driver": "drivers", "merchant": "merchants", "customer": "users"}
 
@@ -158,10 +161,16 @@ class FeedbackStore:
         target_id: str,
         score: int,
         comment: str,
+        key: tuple[str, str, bytes] | None = None,
     ) -> Rating:
         """Records a rating once per order and direction (rater role to target) and refreshes
         the target's average: a merchant's counts its customers' ratings only (Merchant's
-        ``rating_average``), a courier's and a customer's every rating they received."""
+        ``rating_average``), a courier's and a customer's every rating they received.
+
+        With ``key`` (caller uuid, request id, request hash) the request id is remembered in the
+        same transaction, naming the rating, so a retry can be told from a second rating.
+        ALREADY_EXISTS if the direction was rated already.
+        """
         table = _AGGREGATES[target]
         async with self._pool.acquire() as conn, conn.transaction():
             # Lock the target first: concurrent ratings of one courier then recompute the
@@ -190,6 +199,21 @@ class FeedbackStore:
                 raise AlreadyExists(
                     f"this order's {target} was rated already", reason="ALREADY_RATED"
                 ) from None
+            assert row is not None
+            if key is not None:
+                await conn.execute(
+                    """
+                    INSERT INTO idempotency_keys (caller_id, operation, request_id, request_hash,
+                                                  status, response, resource_id, completed_at)
+                    VALUES ($1::uuid, $2, $3, $4, 'completed', ''::bytea, $5::uuid, now())
+                    ON CONFLICT (caller_id, operation, request_id) DO NOTHING
+                    """,
+                    key[0],
+                    RATE_ORDER,
+                    key[1],
+                    key[2],
+                    row["id"],
+                )
             await conn.execute(
                 f"""
                 UPDATE {table} t

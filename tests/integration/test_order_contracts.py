@@ -341,13 +341,11 @@ async def test_every_direction_the_contract_allows_rates_once(
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (who, target)
         assert details(err) == ("RATING_NOT_ALLOWED", ["target"])
 
-    # Once: a second, different rating of the same target is ALREADY_EXISTS; the very same
-    # rating sent again (a retry) is answered with the first.
+    # Once: a second rating of the same target is ALREADY_EXISTS, whatever its score.
     for who, target, score, _, _ in allowed:
-        err = await _refused(market.orders.RateOrder, rating(target, score % 5 + 1), who)
-        assert err.code() == grpc.StatusCode.ALREADY_EXISTS
-    again = await market.orders.RateOrder(rating(driver_t, 2), metadata=owner.metadata)
-    assert again.rating.score == 2 and again.rating.rater_id == owner.user_id
+        for second in (score % 5 + 1, score):
+            err = await _refused(market.orders.RateOrder, rating(target, second), who)
+            assert err.code() == grpc.StatusCode.ALREADY_EXISTS
 
     rows = await _pool(stores).fetch(
         "SELECT rater_role, target, score FROM ratings WHERE order_id = $1::uuid"
@@ -681,3 +679,71 @@ async def test_the_verbs_answer_the_codes_the_contract_documents(
         order.order_id,
     )
     assert (row["status"], row["driver_id"]) == ("picked_up", courier.user_id)
+
+
+async def test_a_rating_retried_with_its_request_id_is_answered_once(
+    market: Market, stores: Stores
+) -> None:
+    _, customer, courier, order = await _lifecycle_to_pickup(market)
+    await market.orders.CompleteDelivery(
+        order_service_pb2.CompleteDeliveryRequest(order_id=order.order_id, pin=order.delivery_pin),
+        metadata=courier.metadata,
+    )
+    request = order_service_pb2.RateOrderRequest(
+        order_id=order.order_id,
+        request_id=uuid.uuid4().hex,
+        target=order_pb2.RATING_TARGET_DRIVER,
+        score=4,
+        comment="quick",
+    )
+    # Racing retries of one request: every one is answered with the one rating stored.
+    answers = await asyncio.gather(
+        *(market.orders.RateOrder(request, metadata=customer.metadata) for _ in range(8))
+    )
+    assert len({a.rating.rating_id for a in answers}) == 1
+    assert answers[0].rating.score == 4
+    # The request id reused for another rating is refused as such.
+    reused = order_service_pb2.RateOrderRequest()
+    reused.CopyFrom(request)
+    reused.score = 5
+    err = await _refused(market.orders.RateOrder, reused, customer)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err) == ("IDEMPOTENCY_KEY_REUSED", ["request_id"])
+    count = "SELECT count(*) FROM ratings WHERE order_id = $1::uuid"
+    assert await _pool(stores).fetchval(count, order.order_id) == 1
+
+
+async def test_an_over_long_request_id_is_invalid_argument_not_internal(
+    market: Market, stores: Stores
+) -> None:
+    owner, customer, courier, order = await _lifecycle_to_pickup(market)
+    long_id = "r" * 300
+    ref: dict[str, Any] = {"order_id": order.order_id, "request_id": long_id}
+    for call, request, who in (
+        (
+            market.orders.CompleteDelivery,
+            order_service_pb2.CompleteDeliveryRequest(**ref, pin=order.delivery_pin),
+            courier,
+        ),
+        (
+            market.orders.ReportProblem,
+            order_service_pb2.ReportProblemRequest(
+                **ref, reason=order_pb2.PROBLEM_REASON_ORDER_LATE
+            ),
+            customer,
+        ),
+        (
+            market.orders.CancelOrder,
+            order_service_pb2.CancelOrderRequest(**ref, reason=order_pb2.CANCEL_REASON_OTHER),
+            owner,
+        ),
+    ):
+        err = await _refused(call, request, who)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, call
+        assert details(err)[1] == ["request_id"]
+    row = await _pool(stores).fetchrow(
+        "SELECT status, (SELECT count(*) FROM problem_reports p WHERE p.order_id = o.id) AS n"
+        " FROM orders o WHERE id = $1::uuid",
+        order.order_id,
+    )
+    assert (row["status"], row["n"]) == ("picked_up", 0)
