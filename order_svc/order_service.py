@@ -29,7 +29,7 @@ from mesh.errors import (
     ResourceExhausted,
     Validator,
 )
-from mesh.geo import validate_location
+from mesh.geo import haversine_m, validate_location
 from mesh.ids import canonical_uuid
 from order_svc.changes import announce, drafts
 from order_svc.convert_orders import (
@@ -98,6 +98,9 @@ class OrderPolicy:
     max_pin_attempts: int = 5
     #: Assumed courier speed for the first delivery estimate, in metres per second.
     courier_speed_mps: float = 5.0
+    #: How far from the delivery location a proof-of-delivery photo may be taken, in metres
+    #: (the contract: near it), allowing for GPS error and a large building.
+    max_photo_distance_m: float = 500.0
 
 
 def _now() -> datetime:
@@ -672,6 +675,20 @@ class OrderService(order_service_pb2_grpc.OrderServiceServicer):
                     FieldViolation("proof_of_delivery", "this order needs the customer's PIN"),
                     reason="PIN_REQUIRED",
                 )
+            else:
+                where = request.proof_of_delivery.location
+                away = haversine_m(
+                    order.delivery_lat, order.delivery_lng, where.latitude, where.longitude
+                )
+                if away > self._policy.max_photo_distance_m:
+                    raise InvalidArgument(
+                        FieldViolation(
+                            "proof_of_delivery.location",
+                            f"is {away:.0f} m from the delivery location; a photo must be taken"
+                            f" within {self._policy.max_photo_distance_m:.0f} m of it",
+                        ),
+                        reason="PHOTO_TOO_FAR",
+                    )
 
         order, who = await self._transition(
             request,

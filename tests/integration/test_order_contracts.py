@@ -25,7 +25,7 @@ from mesh.settings import StoreSettings
 from mesh.stores import Stores, db_pool
 from mesh.testing import serving, settings_for_test
 from order_svc.server import build_server
-from tests.integration.marketplace import Caller, Market, details
+from tests.integration.marketplace import Caller, Market, details, north
 from tests.integration.test_orders import _lifecycle_to_pickup
 
 CUSTOMER, DRIVER, MERCHANT = (
@@ -747,3 +747,29 @@ async def test_an_over_long_request_id_is_invalid_argument_not_internal(
         order.order_id,
     )
     assert (row["status"], row["n"]) == ("picked_up", 0)
+
+
+async def test_a_delivery_photo_must_be_taken_near_the_delivery_location(
+    market: Market, stores: Stores
+) -> None:
+    _, _, courier, order = await _lifecycle_to_pickup(
+        market, handoff=merchant_pb2.HANDOFF_POLICY_PHOTO
+    )
+
+    def photo_at(metres_north: float) -> order_service_pb2.CompleteDeliveryRequest:
+        return order_service_pb2.CompleteDeliveryRequest(
+            order_id=order.order_id,
+            proof_of_delivery=order_pb2.ProofOfDelivery(
+                photo=b"\xff\xd8\xff\xe0jpeg",
+                content_type="image/jpeg",
+                location=north(order.delivery_location, metres_north),
+            ),
+        )
+
+    err = await _refused(market.orders.CompleteDelivery, photo_at(2000), courier)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err) == ("PHOTO_TOO_FAR", ["proof_of_delivery.location"])
+    status = "SELECT status FROM orders WHERE id = $1::uuid"
+    assert await _pool(stores).fetchval(status, order.order_id) == "picked_up"
+    done = await market.orders.CompleteDelivery(photo_at(100), metadata=courier.metadata)
+    assert done.order.status == common_pb2.ORDER_STATUS_DELIVERED
