@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from mesh.auth import Principal, Role
 from mesh.errors import FieldViolation, InvalidArgument, PermissionDenied, Validator
-from mesh.geo import validate_location
+from mesh.geo import snap_near_zero, validate_location
 from mesh.ids import canonical_uuid
 from order_svc.domain.menus import HandoffPolicy, MenuItem, Merchant, Option, OptionGroup
 
@@ -141,8 +141,9 @@ def validate_new_merchant(
         name=name,
         description=description,
         address=address,
-        lat=lat,
-        lng=lng,
+        # The store's distance SQL underflows on coordinates this near 0 (see snap_near_zero).
+        lat=snap_near_zero(lat),
+        lng=snap_near_zero(lng),
         delivery_radius_m=delivery_radius_m,
         avg_prep_seconds=round(avg_prep_seconds),
         currency_code=currency_code,
@@ -396,7 +397,13 @@ def validate_nearby_query(
     size = check_page_size(v, page_size, default=DEFAULT_MERCHANT_PAGE, maximum=MAX_MERCHANT_PAGE)
     v.raise_if_any()
     assert lat is not None and lng is not None
-    return NearbyQuery(lat=lat, lng=lng, radius_m=radius, open_only=open_only, page_size=size)
+    return NearbyQuery(
+        lat=snap_near_zero(lat),
+        lng=snap_near_zero(lng),
+        radius_m=radius,
+        open_only=open_only,
+        page_size=size,
+    )
 
 
 def validate_menu_page_size(page_size: int) -> int:
