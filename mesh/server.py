@@ -18,9 +18,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from mesh.auth import SessionStore
+from mesh.health_watch import StoreWatch, store_probes
 from mesh.interceptors import CallGate, MeshInterceptor
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsEndpoint, new_registry
@@ -33,6 +34,14 @@ logger = logging.getLogger(__name__)
 #: The line a service prints on stdout once it serves; ``delivery up`` and tests read it.
 READY_PREFIX = "DELIVERY_READY"
 
+#: Seconds before a worker that failed is started again; doubled after each failure in a row,
+#: up to :data:`WORKER_RESTART_MAX_S`.
+WORKER_RESTART_FIRST_S = 0.5
+#: The longest wait before a failed worker is started again.
+WORKER_RESTART_MAX_S = 30.0
+#: A worker that ran this many seconds before it failed starts over from the first wait.
+WORKER_STEADY_S = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceBinding:
@@ -44,6 +53,27 @@ class ServiceBinding:
     servicer: Any
     #: The generated registration function.
     add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass(eq=False)
+class _Worker:
+    """A background coroutine of the server, started again whenever it fails."""
+
+    #: Its name in logs and in the ``worker`` label of ``delivery_worker_failures_total``.
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+    stop: Callable[[], None]
+    #: Set once the server asks the worker to end: no restart after that.
+    ending: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+def _worker_name(run: Callable[..., object]) -> str:
+    """``EventConsumer.run`` for a bound method, ``build_server.prepare`` for a local function."""
+    owner = getattr(run, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(run, '__name__', 'run')}"
+    return str(getattr(run, "__qualname__", repr(run))).replace("<locals>.", "")
 
 
 @dataclass
@@ -59,37 +89,125 @@ class MeshServer:
     gate: CallGate | None = None
     #: Coroutines to await after the server stops (closing streams, flushing buffers).
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    _workers: list[tuple[Callable[[], Coroutine[Any, Any, None]], Callable[[], None]]] = field(
-        default_factory=list
-    )
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
     #: What the service reports to Prometheus (served when ``settings.metrics_listen`` is set).
     metrics: CollectorRegistry = field(default_factory=new_registry)
     #: The HTTP endpoint of :attr:`metrics`, once started.
     metrics_endpoint: MetricsEndpoint | None = None
+    #: Checks the stores; health follows it while the server serves (see :meth:`watch_stores`).
+    store_watch: StoreWatch | None = None
+    _store_worker: _Worker | None = None
+    #: Failures of background workers, by worker (``delivery_worker_failures_total``).
+    worker_failures: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.worker_failures = Counter(
+            "delivery_worker_failures_total",
+            "Background workers that ended with an unexpected error (each one is started again)",
+            ["worker"],
+            registry=self.metrics,
+        )
 
     def add_worker(
-        self, run: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
+        self,
+        run: Callable[[], Coroutine[Any, Any, None]],
+        stop: Callable[[], None],
+        *,
+        name: str | None = None,
     ) -> None:
-        """Runs ``run()`` beside the server; ``stop()`` ends it once the server has stopped."""
-        self._workers.append((run, stop))
+        """Runs ``run()`` beside the server; ``stop()`` ends it once the server has stopped.
+
+        A ``run()`` that raises is logged with its traceback, counted and called again after
+        a wait that grows with each failure in a row; one that returns is done.
+        """
+        name = name or _worker_name(run)
+        taken = {w.name for w in self._workers}
+        if name in taken:
+            name = next(
+                f"{name}#{n}" for n in range(2, len(taken) + 3) if f"{name}#{n}" not in taken
+            )
+        self._workers.append(_Worker(name, run, stop))
+
+    def watch_stores(self, watch: StoreWatch) -> None:
+        """Health follows ``watch`` from :meth:`start` on: NOT_SERVING for the server and each
+        service while a store is unreachable, SERVING again once it answers; :meth:`stop`
+        ends the watch before it turns health NOT_SERVING for good."""
+        self.store_watch = watch
 
     async def start(self) -> None:
         """Starts serving and its workers, and reports SERVING for the server and each service."""
         await self.server.start()
         if self.settings.metrics_listen:
             self.metrics_endpoint = MetricsEndpoint(self.metrics, *self._metrics_address())
-        for run, _ in self._workers:
-            self._tasks.append(asyncio.create_task(run()))
+        for worker in self._workers:
+            worker.task = asyncio.create_task(self._supervise(worker), name=worker.name)
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        if self.store_watch is not None:
+            watch = self.store_watch
+
+            async def run_watch() -> None:
+                await watch.run(self._stores_changed)
+
+            self._store_worker = _Worker("StoreWatch.run", run_watch, watch.stop)
+            self._store_worker.task = asyncio.create_task(
+                self._supervise(self._store_worker), name="StoreWatch.run"
+            )
+
+    async def _supervise(self, worker: _Worker) -> None:
+        """Runs ``worker`` until it returns or the server ends it; starts it again if it fails."""
+        loop = asyncio.get_running_loop()
+        delay = WORKER_RESTART_FIRST_S
+        while True:
+            started = loop.time()
+            try:
+                await worker.run()
+                return
+            except Exception:
+                if worker.ending.is_set():
+                    logger.exception("worker %s failed while stopping", worker.name)
+                    return
+                self.worker_failures.labels(worker=worker.name).inc()
+                if loop.time() - started >= WORKER_STEADY_S:
+                    delay = WORKER_RESTART_FIRST_S
+                logger.exception(
+                    "worker %s failed; starting it again in %.1fs",
+                    worker.name,
+                    delay,
+                    extra={"worker": worker.name},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.ending.wait(), delay)
+            if worker.ending.is_set():
+                return
+            delay = min(delay * 2, WORKER_RESTART_MAX_S)
+
+    async def _stores_changed(self, healthy: bool) -> None:
+        if self._stopping:
+            return
+        if healthy:
+            logger.info("the stores answer again: health SERVING")
+            await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        else:
+            down = ", ".join(sorted(self.store_watch.down)) if self.store_watch else "a store"
+            logger.error("%s unreachable: health NOT_SERVING until it answers", down)
+            await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING first, then refuse new calls and let in-flight ones end."""
         if self._stopping:
             return
         self._stopping = True
+        if self._store_worker is not None and self._store_worker.task is not None:
+            # Ended before health turns NOT_SERVING, so it can never turn it back.
+            self._store_worker.ending.set()
+            self._store_worker.stop()
+            self._store_worker.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_worker.task
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Any later set() is ignored: NOT_SERVING for good.
+        await self.health.enter_graceful_shutdown()
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
         grace = self.settings.grace_s if grace is None else grace
@@ -102,14 +220,17 @@ class MeshServer:
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         await self.server.stop(remaining)
         # Workers finish what they hold (a relay marks the batch it published), then end.
-        for (_, stop_worker), task in zip(self._workers, self._tasks, strict=False):
-            stop_worker()
+        for worker in self._workers:
+            worker.ending.set()
+            worker.stop()
+            if worker.task is None:
+                continue
             try:
-                await asyncio.wait_for(task, timeout=max(remaining, 5.0))
+                await asyncio.wait_for(worker.task, timeout=max(remaining, 5.0))
             except TimeoutError:
-                logger.warning("a worker did not stop in time; cancelled")
+                logger.warning("worker %s did not stop in time; cancelled", worker.name)
             except Exception:
-                logger.exception("a worker failed")
+                logger.exception("worker %s failed", worker.name)
         for hook in self.on_stop:
             try:
                 await hook()
@@ -257,9 +378,19 @@ def build_mesh_server(
         else None
     )
     interceptor = MeshInterceptor(sessions, public_methods)
-    return build_grpc_server(
+    server = build_grpc_server(
         settings.server, bindings, [interceptor, ValidationInterceptor()], interceptor.gate
     )
+    probes = store_probes(stores, settings.stores.probe_timeout_s)
+    if probes:
+        server.watch_stores(
+            StoreWatch(
+                probes,
+                every_s=settings.stores.probe_every_s,
+                timeout_s=settings.stores.probe_timeout_s,
+            )
+        )
+    return server
 
 
 def consumer_name() -> str:

@@ -215,16 +215,51 @@ class StoreSettings:
     db_pool_max: int = 20
     #: Largest number of Redis connections per process.
     redis_max_connections: int = 200
+    # The timeouts below make a frozen or unreachable store an UNAVAILABLE within seconds
+    # instead of a call that hangs until the client's deadline.
+    #: Seconds to open a PostgreSQL connection (TCP, TLS, authentication).
+    db_connect_timeout_s: float = 2.0
+    #: Seconds one PostgreSQL statement may take unless its caller passes its own ``timeout=``.
+    db_command_timeout_s: float = 5.0
+    #: Seconds a caller waits for a pooled PostgreSQL connection (connecting one included).
+    db_acquire_timeout_s: float = 5.0
+    #: Seconds to open a Redis connection.
+    redis_connect_timeout_s: float = 1.0
+    #: Seconds a Redis command may wait for its reply; a blocking read (XREADGROUP BLOCK,
+    #: BLPOP...) gets its own block time on top, pub/sub reads are not bounded by it.
+    redis_timeout_s: float = 2.0
+    #: Seconds a caller waits for a free Redis connection when all of them are busy.
+    redis_pool_wait_s: float = 2.0
+    #: Seconds between two checks that the stores answer (health turns NOT_SERVING if not).
+    probe_every_s: float = 1.0
+    #: Seconds one such check may take before the store counts as unreachable.
+    probe_timeout_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreSettings:
-        """Reads ``DELIVERY_DATABASE_URL``, ``DELIVERY_REDIS_URL`` and pool sizes."""
+        """Reads ``DELIVERY_DATABASE_URL``, ``DELIVERY_REDIS_URL``, pool sizes and timeouts."""
         return cls(
             database_url=env_str(env, "DATABASE_URL", cls.database_url),
             redis_url=env_str(env, "REDIS_URL", cls.redis_url),
             db_pool_min=env_int(env, "DB_POOL_MIN", cls.db_pool_min),
             db_pool_max=env_int(env, "DB_POOL_MAX", cls.db_pool_max),
             redis_max_connections=env_int(env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections),
+            db_connect_timeout_s=env_positive(
+                env, "DB_CONNECT_TIMEOUT_S", cls.db_connect_timeout_s
+            ),
+            db_command_timeout_s=env_positive(
+                env, "DB_COMMAND_TIMEOUT_S", cls.db_command_timeout_s
+            ),
+            db_acquire_timeout_s=env_positive(
+                env, "DB_ACQUIRE_TIMEOUT_S", cls.db_acquire_timeout_s
+            ),
+            redis_connect_timeout_s=env_positive(
+                env, "REDIS_CONNECT_TIMEOUT_S", cls.redis_connect_timeout_s
+            ),
+            redis_timeout_s=env_positive(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            redis_pool_wait_s=env_positive(env, "REDIS_POOL_WAIT_S", cls.redis_pool_wait_s),
+            probe_every_s=env_positive(env, "STORE_PROBE_EVERY_S", cls.probe_every_s),
+            probe_timeout_s=env_positive(env, "STORE_PROBE_TIMEOUT_S", cls.probe_timeout_s),
         )
 
 
