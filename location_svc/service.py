@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ from location_svc.convert import (
     seconds,
     timestamp_ms,
 )
-from location_svc.domain.fixes import DropReason, Fix, FixRules, check, check_against, check_shape
+from location_svc.domain.fixes import (
+    DropReason,
+    Fix,
+    FixRules,
+    Jumps,
+    check,
+    check_shape,
+    check_track,
+    motion_known,
+)
 from location_svc.domain.presence import DriverStatus, Pacing, presence
 from location_svc.ingest import AckSink, Ingest, Update
 from location_svc.store.driver_index import DriverIndex, slot_of
@@ -37,7 +47,14 @@ from location_svc.store.history import HistoryWriter, history_row
 from location_svc.watch import Followed, PositionHub
 from mesh import clock
 from mesh.auth import Principal, Role, current_principal
-from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied, Validator
+from mesh.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    Validator,
+)
 from mesh.geo import validate_location
 from mesh.pubsub import Listener
 
@@ -49,6 +66,9 @@ MAX_LIMIT = 100
 #: The pub/sub channel of status changes, "<driver id> <status> <vehicle>": every instance's
 #: open streams of that driver file their next fixes by the new status.
 STATUS_CHANNEL = "loc:status"
+#: How long a closing stream waits for its last fixes to be stored before it takes the courier
+#: out of the index, in seconds (a stuck write must not keep the call open for ever).
+_CLOSE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +94,12 @@ class StreamSession:
         "accepted",
         "driver_id",
         "dropped",
-        "last",
+        "jumps",
         "last_drop",
-        "pos_shard",
-        "shard",
         "sink",
         "status",
+        "tick",
+        "token",
         "vehicle",
     )
 
@@ -87,13 +107,16 @@ class StreamSession:
         self.driver_id = record.driver_id
         self.status = record.status
         self.vehicle = record.vehicle
-        self.last: Fix | None = record.last
-        self.shard = record.shard
-        self.pos_shard = record.pos_shard
         self.accepted = 0
         self.dropped = 0
         self.last_drop: DropReason | None = None
-        self.sink = AckSink()
+        # The believed fix, and the stored fix and slots as Redis confirmed them.
+        self.sink = AckSink(record.last, record.shard, record.pos_shard)
+        self.jumps = record.jumps or Jumps()
+        #: Names this stream in the driver's hash: only the newest stream's close counts.
+        self.token = uuid.uuid4().hex
+        #: The tick carrying the stream's newest believed fix.
+        self.tick: asyncio.Future[None] | None = None
 
 
 class LocationService(location_service_pb2_grpc.LocationServiceServicer):
@@ -151,31 +174,29 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
 
     def _take(self, session: StreamSession, fix: Fix, now_ms: int) -> None:
         """Believes or drops one streamed fix; believed ones go to the batcher (no await)."""
-        reason = check(fix, session.last, now_ms, self._policy.rules)
+        sink = session.sink
+        reason = check(fix, sink.last, now_ms, self._policy.rules, session.jumps)
         if reason is not None:
             session.dropped += 1
             session.last_drop = reason
             self.drops[reason] += 1
-            session.sink.event.set()
+            sink.dropped(fix.sequence)
             return
-        session.last = fix
+        fix = motion_known(fix, self._policy.rules)
         session.accepted += 1
-        previous, previous_pos = session.shard, session.pos_shard
         pos_shard = shard_of(fix.lat, fix.lng)
-        shard = slot_of(pos_shard, session.status)
-        session.shard, session.pos_shard = shard, pos_shard
-        self._ingest.submit(
+        # Where the courier was filed before comes from what Redis confirmed, at the tick.
+        session.tick = self._ingest.submit(
             Update(
                 session.driver_id,
                 fix,
                 session.status,
                 session.vehicle,
-                previous,
-                shard,
+                "",
+                slot_of(pos_shard, session.status),
                 now_ms,
-                session.sink,
+                sink,
                 pos_shard,
-                previous_pos,
             )
         )
 
@@ -196,16 +217,16 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
     ) -> None:
         record = await self._driver(current_principal())
         session = StreamSession(record)
-        await self._drivers.set_stream(session.driver_id, True)
+        await self._drivers.open_stream(session.driver_id, session.token)
         reading = True
 
         async def write_acks() -> None:
             # Acks follow storage: one per wake-up, covering every fix stored meanwhile.
-            sent = (0, 0)
+            sent = (0, 0, 0)
             while True:
                 await session.sink.event.wait()
                 session.sink.event.clear()
-                state = (session.sink.flushed, session.dropped)
+                state = (session.sink.flushed, session.dropped, session.sink.acked_sequence)
                 if state != sent:
                     sent = state
                     await context.write(self._ack(session))
@@ -221,6 +242,9 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         writer = asyncio.create_task(write_acks())
         try:
             async for request in request_iterator:
+                if self._ingest.full:
+                    # Redis is behind: the phone waits (flow control) rather than the heap grow.
+                    await self._ingest.room()
                 self._take(session, fix_from_proto(request.fix), clock.now_ms())
             reading = False
             session.sink.event.set()
@@ -235,8 +259,30 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await writer
+            try:
+                await self._close_stream(session)
+            except Exception as exc:
+                # The courier stays filed until presence lapses, as before this stream.
+                logger.warning("closing %s's stream: %s", session.driver_id, exc)
+
+    async def _close_stream(self, session: StreamSession) -> None:
+        """The courier's app hung up its stream: unless a newer stream of theirs opened, they
+        leave the index at once, so no order waits an offer's time on an app that cannot show
+        it; their next fix (a new stream, or a batch) files them again."""
+        if session.tick is not None:
+            # The stream's last fixes land first: stored after the removal, they would file
+            # the courier again.
             with contextlib.suppress(Exception):
-                await self._drivers.set_stream(session.driver_id, False)
+                await asyncio.wait_for(asyncio.shield(session.tick), _CLOSE_WAIT_S)
+        slot = await self._drivers.stream_slot(session.driver_id, session.token)
+        if slot is None:
+            return
+        # Out of the index first, then marked closed: whoever sees it closed finds them out.
+        pipe = self._redis.pipeline(transaction=False)
+        for filed in {slot, session.sink.shard}:
+            self._index.queue_remove(pipe, session.driver_id, filed)
+        self._drivers.queue_close_stream(pipe, session.driver_id, session.token)
+        await pipe.execute()
 
     async def ReportLocations(
         self,
@@ -249,15 +295,20 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         if len(request.fixes) > MAX_BATCH:
             raise InvalidArgument(FieldViolation("fixes", f"must hold at most {MAX_BATCH} fixes"))
         now_ms = clock.now_ms()
+        rules = self._policy.rules
         fixes = [fix_from_proto(f) for f in request.fixes]
         dropped: list[location_pb2.DroppedFix] = []
         live: list[Fix] = []
         backfill: list[Fix] = []
         newest = record.last
+        # The run of consistent jumps carries over between batches: an app that sends one fix
+        # per batch gets out of a wrong anchor too.
+        jumps = record.jumps or Jumps()
+        jumps_before = (jumps.first, jumps.last, jumps.count)
         seen_times: set[int] = set()
         for index in sorted(range(len(fixes)), key=lambda i: fixes[i].device_time_ms):
             fix = fixes[index]
-            reason = check_shape(fix, now_ms, self._policy.rules)
+            reason = check_shape(fix, now_ms, rules)
             if reason is None and fix.device_time_ms in seen_times:
                 reason = DropReason.DUPLICATE
             if (
@@ -269,42 +320,59 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                     reason = DropReason.DUPLICATE
                 else:
                     # Older than what was already seen: history only, no index move, no event.
-                    backfill.append(fix)
+                    backfill.append(motion_known(fix, rules))
                     seen_times.add(fix.device_time_ms)
                     continue
             if reason is None:
-                reason = check_against(fix, newest, self._policy.rules)
+                reason = check_track(fix, newest, jumps, rules)
             if reason is not None:
                 self.drops[reason] += 1
                 dropped.append(location_pb2.DroppedFix(index=index, reason=DROP_TO_PROTO[reason]))
                 continue
             seen_times.add(fix.device_time_ms)
-            live.append(fix)
+            live.append(motion_known(fix, rules))
             newest = fix
-        received = datetime.now(UTC)
-        for fix in backfill:
-            self._history.add(history_row(record.driver_id, fix, received, backfilled=True))
-        # Intermediate live fixes are history; the newest one moves the driver.
-        for fix in live[:-1]:
-            self._history.add(history_row(record.driver_id, fix, received, backfilled=False))
         if live:
+            # The newest fix moves the driver; the batch is answered once it is stored, and
+            # nothing of it is kept if it cannot be (the app sends the batch again).
             fix = live[-1]
             pos_shard = shard_of(fix.lat, fix.lng)
             shard = slot_of(pos_shard, record.status)
-            await self._ingest.submit(
-                Update(
-                    record.driver_id,
-                    fix,
-                    record.status,
-                    record.vehicle,
-                    record.shard,
-                    shard,
-                    now_ms,
-                    None,
-                    pos_shard,
-                    record.pos_shard,
+            if self._ingest.full:
+                await self._ingest.room()
+            try:
+                await self._ingest.submit(
+                    Update(
+                        record.driver_id,
+                        fix,
+                        record.status,
+                        record.vehicle,
+                        record.shard,
+                        shard,
+                        now_ms,
+                        None,
+                        pos_shard,
+                        record.pos_shard,
+                    )
                 )
-            )
+            except Exception as exc:
+                logger.warning("a batch of %s was not stored: %s", record.driver_id, exc)
+                raise Unavailable(
+                    "the positions could not be stored; send the batch again",
+                    reason="POSITIONS_NOT_STORED",
+                ) from exc
+        if (jumps.first, jumps.last, jumps.count) != jumps_before:
+            try:
+                await self._drivers.set_jumps(record.driver_id, jumps)
+            except Exception as exc:
+                # The positions are stored; the run only starts over with the next batch.
+                logger.warning("could not keep %s's run of jumps: %s", record.driver_id, exc)
+        received = datetime.now(UTC)
+        for fix in backfill:
+            self._history.add(history_row(record.driver_id, fix, received, backfilled=True))
+        # Intermediate live fixes are history (the batcher writes the newest one's).
+        for fix in live[:-1]:
+            self._history.add(history_row(record.driver_id, fix, received, backfilled=False))
         return location_service_pb2.ReportLocationsResponse(
             accepted_count=len(live),
             backfilled_count=len(backfill),
@@ -350,9 +418,12 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             raise NotFound(f"driver {driver_id} not found", reason="DRIVER_NOT_FOUND")
         vehicle = vehicle or record.vehicle
         # Re-file the driver at once: out of the index unless available with a live position.
+        # A courier whose app closed its stream stays out (filed nowhere since) until a fix
+        # files them again: a status change (a delivery done) is no sign the app is there.
         fresh = (
             record.last is not None
             and clock.now_ms() - record.received_ms <= self._policy.presence_ttl_s * 1000
+            and (record.stream_open is not False or bool(record.shard))
         )
         # Open streams file their next fixes by the new status: this process's at once, other
         # instances' when the message reaches them.

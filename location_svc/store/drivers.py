@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 from redis.asyncio import Redis
 
-from location_svc.domain.fixes import Fix
+from location_svc.domain.fixes import Fix, Jumps
 from location_svc.domain.presence import DriverStatus
 from mesh.ids import canonical_uuid
 
@@ -31,6 +31,8 @@ class DriverRecord:
     #: Whether a StreamLocation stream is open; ``None`` if the driver never opened one
     #: (a gRPC-web client reporting with ReportLocations).
     stream_open: bool | None
+    #: The run of consistent impossible jumps ReportLocations saw last (see Jumps).
+    jumps: Jumps | None = None
 
 
 def driver_key(driver_id: str) -> str:
@@ -56,6 +58,35 @@ def pack_position(fix: Fix, received_ms: int) -> bytes:
         received_ms,
         fix.sequence,
     )
+
+
+#: The slot a driver is filed in if stream ARGV[1] is still their newest, else false.
+_STREAM_SLOT = """
+if redis.call('HGET', KEYS[1], 'so') ~= ARGV[1] then return false end
+return redis.call('HGET', KEYS[1], 'sh') or ''
+"""
+#: Marks stream ARGV[1] closed and the driver filed nowhere, if it is still their newest.
+_CLOSE_STREAM = """
+if redis.call('HGET', KEYS[1], 'so') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'so', '0', 'sh', '')
+end
+return 0
+"""
+
+
+def pack_jumps(jumps: Jumps) -> bytes:
+    """The stored form of a run of jumps (its count and both ends)."""
+    assert jumps.first is not None and jumps.last is not None
+    return b"%d;%s;%s" % (jumps.count, pack_position(jumps.first, 0), pack_position(jumps.last, 0))
+
+
+def unpack_jumps(raw: bytes) -> Jumps:
+    """The inverse of :func:`pack_jumps`; an empty run for anything unreadable."""
+    try:
+        count, first, last = raw.split(b";")
+        return Jumps(unpack_position(first)[0], unpack_position(last)[0], int(count))
+    except ValueError:
+        return Jumps()
 
 
 def unpack_position(raw: bytes) -> tuple[Fix, int]:
@@ -95,7 +126,9 @@ class DriverStore:
                 shard=fields.get(b"sh", b"").decode(),
                 pos_shard=pos_shard,
                 received_ms=received,
-                stream_open=None if b"so" not in fields else fields[b"so"] == b"1",
+                # "0" when closed, else the open stream's token ("1" before tokens).
+                stream_open=None if b"so" not in fields else fields[b"so"] != b"0",
+                jumps=unpack_jumps(fields[b"jr"]) if b"jr" in fields else None,
             )
         row = await self._pool.fetchrow(
             "SELECT status, vehicle_type FROM drivers WHERE id = $1::uuid", driver_id
@@ -154,6 +187,25 @@ class DriverStore:
         """Records which shard the driver is indexed under (empty: none)."""
         await self._redis.hset(driver_key(driver_id), "sh", shard)
 
-    async def set_stream(self, driver_id: str, is_open: bool) -> None:
-        """Records whether the driver's GPS stream is open ("stream closed" vs "silent")."""
-        await self._redis.hset(driver_key(driver_id), "so", "1" if is_open else "0")
+    async def open_stream(self, driver_id: str, token: str) -> None:
+        """Records that the driver's GPS stream ``token`` is open and is their newest."""
+        await self._redis.hset(driver_key(driver_id), "so", token)
+
+    async def stream_slot(self, driver_id: str, token: str) -> str | None:
+        """The index slot of the driver if their GPS stream ``token`` is still their newest
+        ("" if filed nowhere); ``None`` if a newer one opened (a reconnect, maybe on another
+        instance), whose fixes are the ones that count now."""
+        slot = await self._redis.eval(_STREAM_SLOT, 1, driver_key(driver_id), token)  # type: ignore[misc]
+        return None if slot is None else bytes(slot).decode()
+
+    def queue_close_stream(self, pipe: object, driver_id: str, token: str) -> None:
+        """Queues the mark that stream ``token`` closed (and the driver is filed nowhere), unless
+        a newer stream of theirs opened since."""
+        pipe.eval(_CLOSE_STREAM, 1, driver_key(driver_id), token)  # type: ignore[attr-defined]
+
+    async def set_jumps(self, driver_id: str, jumps: Jumps) -> None:
+        """Stores the run of consistent impossible jumps ReportLocations saw (none: removed)."""
+        if jumps.count:
+            await self._redis.hset(driver_key(driver_id), "jr", pack_jumps(jumps))
+        else:
+            await self._redis.hdel(driver_key(driver_id), "jr")  # type: ignore[misc]

@@ -51,15 +51,16 @@ async def test_a_slow_stored_hook_holds_up_no_tick(stores: Stores) -> None:
         on_stored=hook,
     )
     running = asyncio.create_task(ingest.run())
-    sink = AckSink()
+    # A sink is one driver's stream.
+    sinks = [AckSink() for _ in drivers]
     try:
-        await ingest.submit(_update(drivers[0], 1, sink))
+        await ingest.submit(_update(drivers[0], 1, sinks[0]))
         await entered.wait()
         # The hook now blocks on the gate; later fixes are stored and acked all the same, each
         # in a tick of its own (awaiting the hook inside a tick would hang here).
         for i, driver in enumerate(drivers[1:], start=2):
-            await ingest.submit(_update(driver, i, sink))
-        assert sink.flushed == len(drivers) and sink.acked_sequence == len(drivers)
+            await ingest.submit(_update(driver, i, sinks[i - 1]))
+        assert [(s.flushed, s.acked_sequence) for s in sinks] == [(1, i) for i in range(1, 5)]
         assert ingest.stats.ticks == len(drivers)
         for driver in drivers:
             assert await redis.exists(driver_key(driver)) == 1
