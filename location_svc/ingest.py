@@ -223,6 +223,11 @@ class Ingest:
     _ticks_over: bool = False
 
     @property
+    def queued(self) -> int:
+        """Fixes waiting for a tick."""
+        return len(self._pending)
+
+    @property
     def full(self) -> bool:
         """Whether the queue holds :attr:`max_pending` fixes: wait for :meth:`room` first."""
         return len(self._pending) >= self.max_pending
