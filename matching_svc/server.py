@@ -17,7 +17,7 @@ from matching_svc.service import (
 from matching_svc.settings import MatchingSettings
 from matching_svc.store.jobs import JobStore
 from matching_svc.store.offers import OfferStore
-from matching_svc.triggers import OrderTriggers
+from matching_svc.triggers import MissedTriggers, OrderTriggers
 from mesh.auth import service_token
 from mesh.breaker import BreakerSettings, CircuitBreaker
 from mesh.events import EventConsumer, stream_for
@@ -106,6 +106,8 @@ async def build_server(
         group_start_id=group_start_id,
     )
     server.add_worker(consumer.run, consumer.stop)
+    missed = MissedTriggers(jobs, max_attempts=rules.max_attempts, lead_s=rules.lead_s)
+    server.add_worker(missed.run, missed.stop)
     # Once the workers are done with it: the background steps, then the channel.
     server.on_stop.append(service.close)
     server.on_stop.append(channel.close)

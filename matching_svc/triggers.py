@@ -7,10 +7,16 @@ early makes its job due now. A cancelled or rejected order, or one an operator g
 ends its job and withdraws a pending offer; one whose courier an operator took off starts a
 fresh round. The group remembers where it stopped, so a restarted
 matching_svc resumes there; every handler is idempotent (events come at least once).
+
+An event can still be lost for good: published, then gone with Redis's data before matching
+read it (Redis holds nothing durable), or dead-lettered. :class:`MissedTriggers` looks in
+PostgreSQL for orders that wait for a courier without a job and starts their dispatch.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, timedelta
@@ -93,3 +99,47 @@ class OrderTriggers:
         for offer in await self._offers.withdraw_for_order(order_id):
             if self._on_closed is not None:
                 await self._on_closed(offer)
+
+
+class MissedTriggers:
+    """The worker that starts the dispatch of orders whose confirmation event never came."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        *,
+        max_attempts: int,
+        lead_s: float,
+        every_s: float = 5.0,
+        quiet_s: float = 10.0,
+    ) -> None:
+        self._jobs = jobs
+        self._max_attempts = max_attempts
+        self._lead_s = lead_s
+        self._every_s = every_s
+        self._quiet_s = quiet_s
+        self._stopping = asyncio.Event()
+        #: Orders whose job this worker made.
+        self.adopted = 0
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                adopted = await self._jobs.adopt_missed(
+                    self._max_attempts, self._lead_s, self._quiet_s
+                )
+            except Exception:
+                logger.exception("looking for orders without a dispatch job failed")
+            else:
+                for order_id in adopted:
+                    logger.warning(
+                        "order waited for a courier without a dispatch job (its event was lost"
+                        " or is late); dispatching it",
+                        extra={"order_id": order_id},
+                    )
+                self.adopted += len(adopted)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._every_s)
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -87,6 +87,42 @@ class JobStore:
         )
         return bool(made)
 
+    async def adopt_missed(
+        self, max_attempts: int, lead_s: float, quiet_s: float, limit: int = 100
+    ) -> list[str]:
+        """Creates the jobs of orders that wait for a courier without one: their confirmation
+        event never reached matching (published, then lost with Redis's data, or dead-lettered).
+
+        Only orders unchanged for ``quiet_s`` are taken, so the event path does its own work;
+        each job is due as the event would have made it (confirmation plus preparation minus
+        ``lead_s``; at once for food that is ready). Returns the orders adopted.
+        """
+        rows = await self._pool.fetch(
+            """
+            INSERT INTO dispatch_jobs (order_id, next_attempt_at, max_attempts)
+            SELECT o.id,
+                   CASE WHEN o.status = 'ready_for_pickup' OR o.confirmed_at IS NULL THEN now()
+                        ELSE o.confirmed_at + make_interval(
+                                 secs => greatest(0, coalesce(o.estimated_prep_seconds, 0) - $2))
+                   END,
+                   $1
+              FROM orders o
+             WHERE o.status IN ('confirmed', 'preparing', 'ready_for_pickup')
+               AND o.driver_id IS NULL
+               AND o.updated_at < now() - make_interval(secs => $3)
+               AND NOT EXISTS (SELECT 1 FROM dispatch_jobs j WHERE j.order_id = o.id)
+             ORDER BY o.updated_at
+             LIMIT $4
+            ON CONFLICT (order_id) DO NOTHING
+            RETURNING order_id::text
+            """,
+            max_attempts,
+            lead_s,
+            quiet_s,
+            limit,
+        )
+        return [r["order_id"] for r in rows]
+
     async def context(self, order_id: str) -> JobContext | None:
         row = await self._pool.fetchrow(
             f"""

@@ -2,6 +2,12 @@
 placing orders and driving them to delivery while a service is killed with SIGKILL, or while
 Redis restarts without its data. Harness: tests/e2e/faults.py.
 
+Redis holds nothing durable (docs: sessions, positions and presence, offer pushes, fences, event
+streams with their consumer groups and dedupe records). After it restarts empty: sessions are
+gone, so apps are refused UNAUTHENTICATED and log in again; couriers' next fixes refill the
+index; consumers make their groups again on NOGROUP; and events published but not yet read are
+gone, so matching_svc finds orders waiting without a dispatch job in PostgreSQL by itself.
+
 Nothing here measures time: every bound is an "eventually" (tests/e2e/faults.py, BOUND_S).
 """
 
@@ -225,7 +231,7 @@ async def test_redis_restarted_empty_sessions_end_the_index_refills_and_dispatch
             ledger = Ledger()
             flow: Flow | None = None
             try:
-                flow, [customer, _], people = await _market(apps, ledger)
+                flow, [customer, other], people = await _market(apps, ledger)
                 # Before: the mesh delivers, and its consumer groups exist.
                 await flow.order(customer)
                 groups = await _stream_groups(redis)
@@ -233,7 +239,32 @@ async def test_redis_restarted_empty_sessions_end_the_index_refills_and_dispatch
                 old_session = customer.metadata
                 run_id = redis_server.cli("info", "server")
 
-                await redis_server.restart_empty()
+                # An order whose events are published while matching_svc is behind (here:
+                # stopped), so that they are lost with Redis before matching reads them.
+                matching = mesh.pids()["matching"]
+                os.kill(matching, signal.SIGSTOP)
+                try:
+                    first_change = len(ledger.changes)
+                    behind = asyncio.create_task(flow.order(other))
+
+                    async def ready_and_announced() -> bool:
+                        if behind.done():
+                            behind.result()
+                        ready = [
+                            order_id
+                            for order_id, status, _ in ledger.changes[first_change:]
+                            if status == S.ORDER_STATUS_READY_FOR_PICKUP
+                        ]
+                        return bool(ready) and not await pool.fetchval(
+                            "SELECT count(*) FROM outbox"
+                            " WHERE aggregate_id = $1::uuid AND published_at IS NULL",
+                            ready[0],
+                        )
+
+                    await until("an order ready with its events published", ready_and_announced)
+                    await redis_server.restart_empty()
+                finally:
+                    os.kill(matching, signal.SIGCONT)
                 assert redis_server.cli("info", "server") != run_id
 
                 # Sessions lived in Redis only: the old one is refused, and the app logs in.
@@ -278,9 +309,11 @@ async def test_redis_restarted_empty_sessions_end_the_index_refills_and_dispatch
                     seen=lambda: (list(flow.couriers), indexed) if flow else None,
                 )
 
-                # Dispatch resumes: an order placed now gets an offer and is delivered.
+                # Dispatch resumes: an order placed now gets an offer and is delivered, and so
+                # is the order whose events were lost.
                 await flow.order(customer)
                 assert customer.logins >= 2
+                await within("the order whose events were lost is delivered", behind)
 
                 # The services made their consumer groups again by themselves.
                 async def regrouped() -> bool:
