@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
+import socket
 import sys
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from mesh.embedded import embedded_stores, free_port
 from mesh.logs import configure_logging
 from mesh.migrate import migrate
 from mesh.server import PARENT_PID_ENV, READY_PREFIX, announce
-from mesh.settings import DEFAULT_PORTS, PREFIX, Settings
+from mesh.settings import DEFAULT_PORTS, PREFIX, Settings, split_listen
 
 logger = logging.getLogger("delivery")
 
@@ -44,6 +47,42 @@ STABLE_AFTER_S = 30.0
 MAX_DEATHS = 5
 #: Seconds over which deaths are counted.
 DEATH_WINDOW_S = 60.0
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (``user:secret@`` or a ``password=`` parameter) shown as ``***``,
+    for printing and logging."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    query = re.sub(r"(?i)(^|[&;])(password=)[^&;]*", r"\1\2***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def port_free(address: str) -> bool:
+    """Whether a server could listen on ``address`` (``host:port``) now, as gRPC binds it."""
+    host, port = split_listen(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As gRPC and aiohttp do: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def taken_ports_message(taken: dict[str, str]) -> str:
+    """One line naming the taken ports and their services, and what to do about it."""
+    names = ", ".join(f"{split_listen(a)[1]} ({name})" for name, a in taken.items())
+    verb = "port {} is" if len(taken) == 1 else "ports {} are"
+    return (
+        f"delivery up: {verb.format(names)} already taken (another mesh running?); "
+        "choose other ports with --base-port PORT, or --base-port 0 for free ones"
+    )
 
 
 def exit_status(code: int) -> str:
@@ -74,6 +113,9 @@ class Child:
     started_at: float = 0.0
     #: When recent deaths happened (event loop time), for :data:`MAX_DEATHS`.
     deaths: deque[float] = field(default_factory=deque)
+    #: stderr lines held back since a failure began before the ready line (a traceback): shown
+    #: only if the failure is not a taken port, which gets one line instead.
+    held: list[bytes] = field(default_factory=list)
 
 
 class Mesh:
@@ -110,6 +152,7 @@ class Mesh:
             SERVICES[child.name],
             env=self._env,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             # Keep Ctrl-C for us: children are stopped with SIGTERM, in order.
             start_new_session=True,
         )
@@ -132,6 +175,26 @@ class Mesh:
             sys.stdout.write(f"[{child.name}] {line}\n")
             sys.stdout.flush()
 
+    async def _pump_stderr(self, child: Child) -> None:
+        """Forwards a child's stderr (its logs) as they are, holding back a start-up failure."""
+        assert child.process and child.process.stderr
+        child.held = []
+        async for raw in child.process.stderr:
+            if not child.ready.is_set() and (
+                child.held or raw.startswith(b"Traceback") or b"add_port" in raw
+            ):
+                child.held.append(raw)
+                continue
+            self._write_held(child)
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+
+    def _write_held(self, child: Child) -> None:
+        if child.held:
+            sys.stderr.buffer.write(b"".join(child.held))
+            sys.stderr.flush()
+            child.held = []
+
     async def _keep(self, child: Child) -> None:
         """Runs ``child`` until the mesh stops, starting it again (with backoff) when it dies."""
         loop = asyncio.get_running_loop()
@@ -139,11 +202,20 @@ class Mesh:
         while True:
             await self._spawn(child)
             assert child.process is not None
-            await self._pump(child)
+            await asyncio.gather(self._pump(child), self._pump_stderr(child))
             code = await child.process.wait()
             if self._stopping.is_set():
+                self._write_held(child)
                 return
             status = exit_status(code)
+            if not child.ready.is_set() and not port_free(child.address):
+                # A bind failure: one line instead of the service's traceback.
+                child.held = []
+                if not child.served:
+                    self._fail(taken_ports_message({child.name: child.address}))
+                    return
+                status += f", port {split_listen(child.address)[1]} taken"
+            self._write_held(child)
             if not child.served:
                 self._fail(f"{child.name} exited ({status}) before it served")
                 return
@@ -170,11 +242,18 @@ class Mesh:
             delay = min(delay * 2, MAX_RESTART_DELAY_S)
 
     async def stop(self) -> None:
-        """Stops every service: edge first (it calls the others), then the rest, in reverse
-        start order."""
+        """Stops every service: the edge first (browsers' calls in flight still reach the
+        services), then the others all at once.
+
+        One after another, each service's stop would add up: a service waits up to its grace
+        period (``DELIVERY_GRACE_S``) for streams still open, and ends its background workers,
+        which takes a second or more on its own.
+        """
         self._stopping.set()
-        for name in reversed(SERVICES):
-            await self._stop_child(self.children[name])
+        await self._stop_child(self.children["edge"])
+        await asyncio.gather(
+            *(self._stop_child(c) for c in self.children.values() if c.name != "edge")
+        )
 
     async def _stop_child(self, child: Child) -> None:
         task = self._tasks.get(child.name)
@@ -206,8 +285,9 @@ def _addresses(base_port: int, host: str) -> dict[str, str]:
     return {name: f"{host}:{port}" for name, port in ports.items()}
 
 
-async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str) -> int:
-    addresses = _addresses(args.base_port, args.host)
+async def _run_mesh(
+    args: argparse.Namespace, addresses: dict[str, str], database_url: str, redis_url: str
+) -> int:
     env = dict(os.environ)
     env.update(
         {
@@ -228,7 +308,7 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
     # The services authenticate each other with tokens derived from this; a fresh random
     # secret per run unless the operator set one.
     env.setdefault(PREFIX + "SERVICE_SECRET", secrets.token_hex(32))
-    print(f"applying migrations to {database_url}", flush=True)
+    print(f"applying migrations to {masked_url(database_url)}", flush=True)
     await migrate(database_url)
 
     mesh = Mesh(addresses, env, args.stop_timeout)
@@ -250,7 +330,10 @@ async def _run_mesh(args: argparse.Namespace, database_url: str, redis_url: str)
             for child in mesh.children.values():
                 kind = "gRPC-web + pages" if child.name == "edge" else "gRPC"
                 print(f"  {child.name:<9} {child.address:<22} {kind}", flush=True)
-            print(f"  postgres  {database_url}\n  redis     {redis_url}\n", flush=True)
+            print(
+                f"  postgres  {masked_url(database_url)}\n  redis     {masked_url(redis_url)}\n",
+                flush=True,
+            )
             await asyncio.wait(waits[:2], return_when="FIRST_COMPLETED")
         if mesh.failed.is_set() and not stop.is_set():
             print(mesh.failure, file=sys.stderr, flush=True)
@@ -278,6 +361,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     database_url = os.environ.get(PREFIX + "DATABASE_URL") or None
     redis_url = os.environ.get(PREFIX + "REDIS_URL") or None
     data_dir = Path(args.data_dir).resolve()
+    addresses = _addresses(args.base_port, args.host)
+    # Before anything starts: a taken port (another mesh running) is one line, not a traceback.
+    taken = {name: address for name, address in addresses.items() if not port_free(address)}
+    if taken:
+        print(taken_ports_message(taken), file=sys.stderr, flush=True)
+        return 1
     with embedded_stores(data_dir, postgres=database_url is None, redis=redis_url is None) as (
         embedded_db,
         embedded_redis,
@@ -287,7 +376,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         assert db and rd
         if embedded_redis:
             announce("redis", int(embedded_redis.rsplit(":", 1)[1].split("/")[0]), embedded=True)
-        return asyncio.run(_run_mesh(args, db, rd))
+        return asyncio.run(_run_mesh(args, addresses, db, rd))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.cli import SERVICES
+from mesh.cli import SERVICES, masked_url
 from mesh.server import PARENT_PID_ENV, READY_PREFIX
 from mesh.settings import StoreSettings
 
@@ -223,3 +225,110 @@ async def test_a_service_that_keeps_dying_stops_the_mesh_with_one_message(
         "matching died 5 times within 60 s (last: signal 9 SIGKILL); stopping the mesh"
     ]
     assert "the delivery mesh stopped" in up.stdout
+
+
+def test_masked_url_hides_passwords_only() -> None:
+    assert masked_url("postgresql://app:s3cret@db:5432/delivery") == (
+        "postgresql://app:***@db:5432/delivery"
+    )
+    assert masked_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert masked_url("postgresql://db/delivery?user=app&password=s3cret&sslmode=require") == (
+        "postgresql://db/delivery?user=app&password=***&sslmode=require"
+    )
+    # The embedded server's URL has an empty password and nothing to hide.
+    embedded = "postgresql://postgres:@/delivery?host=/tmp/pg"
+    assert masked_url(embedded) == embedded
+
+
+@pytest.mark.slow
+async def test_a_taken_port_is_one_line_naming_it_before_anything_starts(
+    store_settings: StoreSettings,
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            DELIVERY,
+            "up",
+            "--base-port",
+            str(port),
+            env={**os.environ, **store_env(store_settings), PARENT_PID_ENV: str(os.getpid())},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert f"port {port} (order)" in lines[0]
+    assert "--base-port 0" in lines[0]
+    # Nothing was started: not even the migrations.
+    assert out == b""
+
+
+@pytest.mark.slow
+async def test_a_service_that_cannot_bind_on_restart_is_one_line_and_the_password_is_masked(
+    store_settings: StoreSettings,
+) -> None:
+    # The test server trusts local connections: any password is accepted, and must not show.
+    parsed = urllib.parse.urlsplit(store_settings.database_url)
+    secret = "pw-" + os.urandom(6).hex()
+    host = parsed.netloc.rpartition("@")[2]
+    user = parsed.username or "postgres"
+    url = urllib.parse.urlunsplit(parsed._replace(netloc=f"{user}:{secret}@{host}"))
+    env = {**store_env(store_settings), "DELIVERY_DATABASE_URL": url}
+    async with delivery_up(env) as up:
+        await up.wait_line("the delivery mesh is up", up.stdout)
+        pid = service_pids(up.process.pid)["order"]
+        port = up.ports["order"]
+        with socket.socket() as holder:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            os.kill(pid, signal.SIGKILL)
+            # Take the port while order waits to be started again.
+            for _ in range(1000):
+                try:
+                    holder.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    await asyncio.sleep(0.005)
+            holder.listen()
+            line = await up.wait_line(r"order exited \(status \d+, port \d+ taken\)", up.stderr)
+            assert f"port {port} taken); restart 2 in" in line
+        # Freed, the port is order's again.
+        await until_serving(port)
+        up.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(up.process.wait(), 120) == 0
+        await asyncio.wait(up.readers, timeout=30)
+    output = "\n".join(up.stdout + up.stderr)
+    assert "Traceback" not in output
+    assert "Failed to bind" not in output
+    assert secret not in output
+    assert f"{user}:***@" in output
+
+
+@pytest.mark.slow
+async def test_ctrl_c_stops_the_edge_first_then_the_others_together(
+    store_settings: StoreSettings,
+) -> None:
+    async with delivery_up(store_env(store_settings)) as up:
+        await up.wait_line("the delivery mesh is up", up.stdout)
+        # An open stream holds tracking's stop for its whole grace period.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{up.ports['tracking']}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            up.process.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(up.process.wait(), 120) == 0
+        await asyncio.wait(up.readers, timeout=30)
+    events = [
+        (m[1], m[2])
+        for line in up.stderr
+        if (m := re.search(r" (\w+) (?:mesh|edge)\.server: \w+ (stopping|stopped)\b", line))
+    ]
+    edge_stopped = events.index(("edge", "stopped"))
+    # None of the others began to stop before the edge had stopped...
+    assert all(i > edge_stopped for i, (name, _) in enumerate(events) if name != "edge")
+    # ...and none waited for tracking, which waited for its stream.
+    tracking_stopped = events.index(("tracking", "stopped"))
+    for name in ("order", "location", "matching"):
+        assert events.index((name, "stopping")) < tracking_stopped, events
