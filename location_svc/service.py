@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -52,6 +52,7 @@ from mesh.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
     Validator,
 )
@@ -83,6 +84,9 @@ class LocationPolicy:
     presence_ttl_s: float = 30.0
     #: How long a watch registration lasts without renewal, in seconds.
     watch_ttl_s: float = 30.0
+    #: Position streams (WatchDriverLocation and FollowDrivers) one caller may hold open at
+    #: once on one instance; the next is refused with RESOURCE_EXHAUSTED.
+    watch_streams_per_caller: int = 200
     #: The least time between two acks on one stream, in seconds.
     ack_spacing_s: float = 0.5
 
@@ -147,6 +151,8 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         self.drops: Counter[DropReason] = Counter()
         #: The open streams of this process, by driver.
         self._sessions: dict[str, set[StreamSession]] = {}
+        #: Open position streams by caller (role, subject).
+        self._watch_streams: Counter[tuple[Role, str]] = Counter()
 
     def apply_status(self, driver_id: str, status: DriverStatus, vehicle: str) -> None:
         """A status change reaches the driver's open streams here: their next fix is filed by
@@ -548,15 +554,41 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             location=self._location(record, clock.now_ms())
         )
 
+    @contextlib.contextmanager
+    def _watch_slot(self, principal: Principal) -> Iterator[None]:
+        """Holds one of the caller's position streams for as long as the block runs;
+        RESOURCE_EXHAUSTED if the caller holds as many as allowed already."""
+        caller = (principal.role, principal.subject)
+        limit = self._policy.watch_streams_per_caller
+        if self._watch_streams[caller] >= limit:
+            raise ResourceExhausted(
+                f"at most {limit} position streams per caller may be open at once; close one "
+                "or follow many couriers on one FollowDrivers stream",
+                reason="TOO_MANY_POSITION_STREAMS",
+                metadata={"limit": str(limit)},
+            )
+        self._watch_streams[caller] += 1
+        try:
+            yield
+        finally:
+            self._watch_streams[caller] -= 1
+            if self._watch_streams[caller] <= 0:
+                del self._watch_streams[caller]
+
+    def _check_hub(self) -> None:
+        if self._hub.ended:
+            raise Unavailable(
+                "live positions are not being received on this instance; watch again",
+                reason="POSITIONS_UNAVAILABLE",
+            )
+
     async def WatchDriverLocation(
         self,
         request: location_service_pb2.WatchDriverLocationRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[location_service_pb2.WatchDriverLocationResponse]:
-        self._may_see(current_principal(), request.driver_id)
-        record = await self._drivers.load(request.driver_id)
-        if record is None:
-            raise NotFound(f"driver {request.driver_id} not found", reason="DRIVER_NOT_FOUND")
+        principal = current_principal()
+        self._may_see(principal, request.driver_id)
         min_interval = (
             request.min_interval_duration.ToTimedelta().total_seconds()
             if request.HasField("min_interval_duration")
@@ -564,6 +596,20 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         )
         if min_interval < 0:
             raise InvalidArgument(FieldViolation("min_interval_duration", "must not be negative"))
+        self._check_hub()
+        with self._watch_slot(principal):
+            record = await self._drivers.load(request.driver_id)
+            if record is None:
+                raise NotFound(f"driver {request.driver_id} not found", reason="DRIVER_NOT_FOUND")
+            # Closed here, not whenever it is collected: the hub's mailbox goes with the call.
+            async with contextlib.aclosing(self._watch(record, min_interval)) as responses:
+                async for response in responses:
+                    yield response
+
+    async def _watch(
+        self, record: DriverRecord, min_interval: float
+    ) -> AsyncGenerator[location_service_pb2.WatchDriverLocationResponse]:
+        """The messages of one WatchDriverLocation stream of ``record``'s driver."""
         with self._hub.watch(record.driver_id) as box:
             # The current position first, so a new watcher never starts blank.
             yield location_service_pb2.WatchDriverLocationResponse(
@@ -572,6 +618,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             sent_at = time.monotonic()
             while True:
                 await box.wait()
+                self._check_hub()
                 # At most one message per interval, sent the moment the interval is up, with
                 # whatever is newest then.
                 wait = min_interval - (time.monotonic() - sent_at)
@@ -595,6 +642,16 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                 "following couriers is for the mesh's services and admins",
                 reason="POSITION_PRIVATE",
             )
+        self._check_hub()
+        with self._watch_slot(principal):
+            async with contextlib.aclosing(self._follow(request_iterator)) as responses:
+                async for response in responses:
+                    yield response
+
+    async def _follow(
+        self, request_iterator: AsyncIterator[location_service_pb2.FollowDriversRequest]
+    ) -> AsyncGenerator[location_service_pb2.FollowDriversResponse]:
+        """The messages of one FollowDrivers stream."""
         followed = Followed(self._hub)
         records: dict[str, DriverRecord] = {}
         fresh: set[str] = set()
@@ -617,6 +674,7 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
                 await followed.wait()
                 if failure:
                     raise failure[0]
+                self._check_hub()
                 pending = followed.take()
                 now_ms = clock.now_ms()
                 locations = []

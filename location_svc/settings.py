@@ -15,7 +15,7 @@ from location_svc.domain.fixes import FixRules
 from location_svc.domain.geofence import GeofenceRules
 from location_svc.domain.presence import Pacing
 from location_svc.service import LocationPolicy
-from mesh.settings import env_non_negative, env_positive
+from mesh.settings import env_int, env_non_negative, env_positive
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class LocationSettings:
             return env_non_negative(env, name, default)
 
         radius = positive("ARRIVAL_RADIUS_M", g.merchant_radius_m)
+        streams = env_int(env, "WATCH_STREAMS_PER_CALLER", p.watch_streams_per_caller)
+        if streams < 1:
+            raise ValueError(f"DELIVERY_WATCH_STREAMS_PER_CALLER must be at least 1, got {streams}")
         return cls(
             policy=LocationPolicy(
                 rules=FixRules(
@@ -54,6 +57,7 @@ class LocationSettings:
                 ),
                 presence_ttl_s=positive("PRESENCE_TTL_S", p.presence_ttl_s),
                 watch_ttl_s=p.watch_ttl_s,
+                watch_streams_per_caller=streams,
                 ack_spacing_s=non_negative("ACK_SPACING_S", p.ack_spacing_s),
             ),
             rules=GeofenceRules(

@@ -9,6 +9,13 @@ process watches the driver and unsubscribes when the last one leaves. A ``pos:*`
 would hand every instance the positions of every driver watched anywhere in the mesh (each
 instance parsing and dropping the others' traffic, which grows with the number of instances);
 channel subscriptions cost a SUBSCRIBE per newly watched driver, sent in batches by one task.
+
+Faults: a subscription is lost on a Redis error, and also when its connection stops answering
+(a PING after every ``ping_s`` of silence must be answered within ``ping_s``), which a silent
+network path or a frozen server would otherwise hide for good; the hub then subscribes again
+with a growing delay, and hands every stream its driver's state read again. The renewal of the
+watched set retries the same way. Should the hub itself stop, every stream it feeds is woken
+and ends with UNAVAILABLE rather than stay open with nothing on it.
 """
 
 from __future__ import annotations
@@ -65,6 +72,10 @@ class Mailbox:
         """Returns once something is waiting (at once if something already is)."""
         await self._event.wait()
 
+    def wake(self) -> None:
+        """Wakes the stream with nothing new (it looks at the hub's state)."""
+        self._event.set()
+
     def take(self) -> tuple[tuple[Fix, int] | None, DriverRecord | None]:
         """Hands over what is waiting and empties the mailbox."""
         taken = (self.position, self.record)
@@ -79,6 +90,8 @@ class Receiver(Protocol):
     def put(self, fix: Fix, received_ms: int) -> None: ...
 
     def put_record(self, record: DriverRecord) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 class Followed:
@@ -152,12 +165,16 @@ class _Slot:
     def put_record(self, record: DriverRecord) -> None:
         self._followed.put_record(self._driver_id, record)
 
+    def wake(self) -> None:
+        self._followed.wake()
+
 
 class WatchRenewal:
     """One loop per process that keeps every driver watched here in the watched set (ingest
     publishes the positions of those drivers only): one ZADD for all of them per round, every
-    ``ttl_s / 3`` and at once when :meth:`kick` says a driver is newly watched; a Redis error
-    is logged and the round retried after ``retry_s``."""
+    ``ttl_s / 3`` and at once when :meth:`kick` says a driver is newly watched. A Redis error,
+    or no answer within ``timeout_s``, is logged and the round retried after ``retry_s``,
+    doubled after each further failure up to the renewal interval; it never ends the loop."""
 
     def __init__(
         self,
@@ -166,6 +183,7 @@ class WatchRenewal:
         ttl_s: float = 30.0,
         *,
         retry_s: float = 1.0,
+        timeout_s: float = 5.0,
         key: str = WATCHED_KEY,
     ) -> None:
         self._redis = redis
@@ -174,12 +192,15 @@ class WatchRenewal:
         self._ttl_ms = int(ttl_s * 1000)
         self._interval_s = ttl_s / 3
         self._retry_s = retry_s
+        self._timeout_s = timeout_s
         self._key = key
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         #: Rounds that renewed every watched driver, and rounds that failed.
         self.renewals = 0
         self.errors = 0
+        #: Rounds failed since the last that renewed.
+        self.failing = 0
 
     def kick(self) -> None:
         """Starts a round now (or as soon as the one under way is done)."""
@@ -199,12 +220,21 @@ class WatchRenewal:
                 # Lapsed watches would otherwise stay in the set for good.
                 pipe.zremrangebyscore(self._key, "-inf", now_ms - self._ttl_ms)
                 try:
-                    await pipe.execute()
+                    await asyncio.wait_for(pipe.execute(), self._timeout_s)
                     self.renewals += 1
+                    self.failing = 0
                 except Exception as exc:
                     self.errors += 1
-                    delay = self._retry_s
-                    logger.warning("could not renew %d watched drivers: %r", len(drivers), exc)
+                    self.failing += 1
+                    delay = min(self._retry_s * 2 ** (self.failing - 1), self._interval_s)
+                    logger.warning(
+                        "could not renew %d watched drivers (failure %d in a row); again in "
+                        "%.1f s: %r",
+                        len(drivers),
+                        self.failing,
+                        delay,
+                        exc,
+                    )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(), delay)
 
@@ -235,10 +265,16 @@ class PositionHub:
         *,
         watch_ttl_s: float = 30.0,
         retry_s: float = 1.0,
+        max_retry_s: float = 5.0,
+        ping_s: float = 5.0,
     ) -> None:
         self._redis = redis
         self._drivers = drivers
         self._retry_s = retry_s
+        self._max_retry_s = max_retry_s
+        self._ping_s = ping_s
+        #: The loop time anything was last read on the subscription.
+        self._heard_at = 0.0
         self._boxes: dict[str, set[Receiver]] = {}
         #: Drivers whose channel was asked for on the current connection, and those whose
         #: subscription Redis confirmed.
@@ -246,11 +282,15 @@ class PositionHub:
         self._subscribed: set[str] = set()
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self.renewal = WatchRenewal(redis, self._boxes.keys(), watch_ttl_s, retry_s=retry_s)
+        self.renewal = WatchRenewal(
+            redis, self._boxes.keys(), watch_ttl_s, retry_s=retry_s, timeout_s=2 * ping_s
+        )
         #: Set once subscribed the first time.
         self.ready = asyncio.Event()
-        #: Subscriptions lost so far.
+        #: Subscriptions lost so far (errors and connections that stopped answering).
         self.errors = 0
+        #: Whether :meth:`run` has ended (stopped or failed): streams end with UNAVAILABLE.
+        self.ended = False
 
     # --- what streams use ---------------------------------------------------------------------
 
@@ -297,11 +337,20 @@ class PositionHub:
     # --- the subscription ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Keeps the subscription and the renewal going until :meth:`stop`."""
+        """Keeps the subscription and the renewal going until :meth:`stop`; streams still
+        open when it ends (stopped or failed) are woken to end with UNAVAILABLE."""
+        self.ended = False
         renewal = asyncio.create_task(self.renewal.run())
         try:
             await self._run_subscription()
+        except BaseException:
+            logger.exception("the position hub failed; its watch streams end")
+            raise
         finally:
+            self.ended = True
+            for boxes in list(self._boxes.values()):
+                for box in list(boxes):
+                    box.wake()
             self.renewal.stop()
             await renewal
 
@@ -311,6 +360,7 @@ class PositionHub:
         self._changed.set()
 
     async def _run_subscription(self) -> None:
+        failing = 0
         while not self._stopping.is_set():
             if not self._boxes:
                 # Nobody watches yet: no connection is held until somebody does.
@@ -324,8 +374,8 @@ class PositionHub:
                 await self._sync(pubsub)
                 # Every subscription confirmed before the streams are caught up: a position
                 # published after that reaches them, one published before is in the store.
-                while not self._requested <= self._subscribed:
-                    self._handle(await pubsub.get_message(timeout=None))
+                await asyncio.wait_for(self._confirm(pubsub), 2 * self._ping_s)
+                failing = 0
                 again = self.ready.is_set()
                 self.ready.set()
                 tasks = [
@@ -340,9 +390,17 @@ class PositionHub:
                     task.result()
             except Exception as exc:
                 self.errors += 1
-                logger.warning("position subscription lost; subscribing again: %r", exc)
+                failing += 1
+                delay = min(self._retry_s * 2 ** (failing - 1), self._max_retry_s)
+                logger.warning(
+                    "position subscription lost (failure %d in a row); subscribing again in "
+                    "%.1f s: %r",
+                    failing,
+                    delay,
+                    exc,
+                )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._retry_s)
+                    await asyncio.wait_for(self._stopping.wait(), delay)
             finally:
                 for task in tasks:
                     task.cancel()
@@ -350,16 +408,35 @@ class PositionHub:
                     with contextlib.suppress(BaseException):
                         await task
                 self._requested, self._subscribed = set(), set()
+                # Bounded: closing a connection nobody answers on must not hold the hub.
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), self._ping_s)
+
+    async def _confirm(self, pubsub: PubSub) -> None:
+        """Reads until Redis has confirmed every subscription asked for."""
+        while not self._requested <= self._subscribed:
+            self._handle(await pubsub.get_message(timeout=None))
 
     async def _keep_subscribed(self, pubsub: PubSub) -> None:
-        """Follows the watched drivers; the only task that writes to the connection."""
+        """Follows the watched drivers, and checks that the connection still answers (a PING
+        after ``ping_s`` of silence); the only task that writes to the connection."""
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
         while True:
-            await self._changed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._ping_s)
             if self._stopping.is_set():
                 return
-            await self._sync(pubsub)
+            if self._changed.is_set():
+                await self._sync(pubsub)
+            silent = loop.time() - self._heard_at
+            if silent >= 2 * self._ping_s:
+                # A PING went out at least ping_s ago and nothing came back.
+                raise ConnectionError(
+                    f"the position subscription's connection has not answered for {silent:.1f} s"
+                )
+            if silent >= self._ping_s:
+                await pubsub.ping()
 
     async def _sync(self, pubsub: PubSub) -> None:
         """Subscribes to the newly watched drivers and drops the unwatched, a command each."""
@@ -382,6 +459,8 @@ class PositionHub:
     def _handle(self, message: dict[str, Any] | None) -> None:
         if message is None:
             return
+        # Any reply (a position, a confirmation, a pong) shows the connection alive.
+        self._heard_at = asyncio.get_running_loop().time()
         kind = message.get("type")
         if kind == "message":
             self._heard(as_text(message["channel"]), message["data"])

@@ -75,9 +75,9 @@ async def watching(store_settings: StoreSettings, stores: Stores) -> AsyncIterat
         location_settings = settings_for_test("location", settings)
 
         async def build(settings, stores):
-            return await build_location(
-                settings, stores, policy=LocationPolicy(watch_ttl_s=WATCH_TTL_S), hub=hub
-            )
+            # 300 streams of one caller in the first test: above the default per-caller limit.
+            policy = LocationPolicy(watch_ttl_s=WATCH_TTL_S, watch_streams_per_caller=1000)
+            return await build_location(settings, stores, policy=policy, hub=hub)
 
         async with serving(build, location_settings, local) as (_, channel):
             yield Watching(
