@@ -85,3 +85,73 @@ async def test_delivery_up_runs_the_mesh_on_embedded_stores(tmp_path: Path) -> N
         assert not tcp_reachable("127.0.0.1", port)
     assert not tcp_reachable("127.0.0.1", redis_port)
     assert not (data / "postgres" / "postmaster.pid").exists()
+
+
+def _reaper_of(parent: int) -> int:
+    """The pid of the process that stops the embedded stores of ``delivery up`` ``parent``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"mesh.embedded" in argv:
+            return int(entry.name)
+    raise AssertionError("delivery up started no reaper")
+
+
+async def _until_gone(data: Path, redis_port: int) -> None:
+    for _ in range(1200):
+        if (
+            not tcp_reachable("127.0.0.1", redis_port)
+            and not (data / "postgres" / "postmaster.pid").exists()
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the embedded stores outlived delivery up")
+
+
+async def _order_serves(port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=30
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_a_killed_delivery_up_leaves_no_store_behind_and_the_next_start_serves(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_")}
+    delivery = str(Path(sys.executable).parent / "delivery")
+    data = tmp_path / "data"
+    args = [delivery, "up", "--base-port", "0", "--data-dir", str(data)]
+    up_env = {**env, "PYTHONUNBUFFERED": "1"}
+
+    # kill -9 of delivery up: its embedded PostgreSQL and Redis end with it.
+    process, ports = await spawn(args, up_env, inherit_env=False, ready_timeout=180)
+    process.kill()
+    await process.wait()
+    await _until_gone(data, ports["redis"])
+
+    # Killed with the process that would stop them: PostgreSQL is left running in the folder.
+    process, ports = await spawn(args, up_env, inherit_env=False, ready_timeout=180)
+    os.kill(_reaper_of(process.pid), signal.SIGKILL)
+    process.kill()
+    await process.wait()
+    assert (data / "postgres" / "postmaster.pid").exists()
+
+    # The next start in that folder comes up and serves, and its Ctrl-C stops everything.
+    process, ports = await spawn(args, up_env, inherit_env=False, ready_timeout=180)
+    try:
+        await _order_serves(ports["order"])
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 120)
+    assert code == 0
+    assert not tcp_reachable("127.0.0.1", ports["redis"])
+    assert not (data / "postgres" / "postmaster.pid").exists()
