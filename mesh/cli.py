@@ -358,6 +358,16 @@ async def _run_mesh(
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Runs every service and the edge, on embedded stores unless configured."""
+    try:
+        return _up(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before the services started (embedded stores or migrations under way): what
+        # had started is stopped on the way out; no traceback for a stop that was asked for.
+        print("interrupted while starting; the delivery mesh stopped", file=sys.stderr)
+        return 130
+
+
+def _up(args: argparse.Namespace) -> int:
     database_url = os.environ.get(PREFIX + "DATABASE_URL") or None
     redis_url = os.environ.get(PREFIX + "REDIS_URL") or None
     data_dir = Path(args.data_dir).resolve()
