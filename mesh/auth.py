@@ -11,7 +11,9 @@ from enum import StrEnum
 
 from redis.asyncio import Redis
 
+from mesh.clock import now_ms
 from mesh.errors import PermissionDenied, Unauthenticated
+from mesh.session_watch import REVOKED_CHANNEL
 
 #: The metadata key that carries ``Bearer <token>``.
 AUTHORIZATION = "authorization"
@@ -41,6 +43,8 @@ class Principal:
     role: Role
     #: The hash of the session token (never the token itself), empty for services.
     session_key: str = ""
+    #: When the session expires, in milliseconds since the epoch; 0 if not looked up.
+    expires_at_ms: int = 0
 
     @property
     def is_service(self) -> bool:
@@ -125,7 +129,11 @@ def _session_key(token: str) -> str:
 
 
 class SessionStore:
-    """Sessions as Redis strings with a TTL: logout deletes the key, so revocation is immediate."""
+    """Sessions as Redis strings with a TTL: logout deletes the key, so revocation is immediate.
+
+    Nothing is cached: every call reads the key, so a revoked session is refused by every
+    process at once. Streams authenticate once; :mod:`mesh.session_watch` ends them.
+    """
 
     def __init__(self, redis: Redis, *, ttl_s: int, service_secret: str) -> None:
         self._redis = redis
@@ -145,13 +153,25 @@ class SessionStore:
         await self._redis.set(key, f"{user_id}|{role.value}", ex=self._ttl_s)
         return token
 
+    @property
+    def redis(self) -> Redis:
+        """The Redis the sessions live in."""
+        return self._redis
+
     async def revoke(self, principal: Principal) -> None:
-        """Ends the session ``principal`` came with; its token is refused from now on."""
+        """Ends the session ``principal`` came with; its token is refused from now on, and the
+        streams it opened, on any process, end."""
         if principal.session_key:
             await self._redis.delete(principal.session_key)
+            # Deleted first: a stream that hears this cannot be opened again with the token.
+            await self._redis.publish(REVOKED_CHANNEL, principal.session_key)
 
-    async def authenticate(self, token: str) -> Principal:
-        """The principal a bearer token stands for; UNAUTHENTICATED if unknown or expired."""
+    async def authenticate(self, token: str, *, expiry: bool = False) -> Principal:
+        """The principal a bearer token stands for; UNAUTHENTICATED if unknown or expired.
+
+        With ``expiry``, the session's expiry is read in the same round trip (for streams,
+        which outlive it otherwise).
+        """
         if token.startswith(_SERVICE_PREFIX):
             _, _, rest = token.partition(".")
             service, _, _ = rest.partition(".")
@@ -161,11 +181,22 @@ class SessionStore:
                     return Principal(subject=service, role=Role.SERVICE)
             raise Unauthenticated("invalid service token", reason="INVALID_SERVICE_TOKEN")
         key = _session_key(token)
-        value = await self._redis.get(key)
+        expires_at_ms = 0
+        if expiry:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                value, ttl_ms = await pipe.execute()
+            if isinstance(ttl_ms, int) and ttl_ms >= 0:
+                expires_at_ms = now_ms() + ttl_ms
+        else:
+            value = await self._redis.get(key)
         if value is None:
             raise Unauthenticated(
                 "the session is unknown, expired or logged out", reason="SESSION_INVALID"
             )
         text = value.decode() if isinstance(value, bytes) else value
         user_id, _, role = text.partition("|")
-        return Principal(subject=user_id, role=Role(role), session_key=key)
+        return Principal(
+            subject=user_id, role=Role(role), session_key=key, expires_at_ms=expires_at_ms
+        )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -18,6 +19,7 @@ from grpc.aio import ServicerContext
 
 from mesh.auth import Principal, SessionStore, bearer_token, set_principal
 from mesh.errors import DomainError, Unauthenticated, Unavailable, to_status_proto
+from mesh.session_watch import SessionWatch, WatchedStream
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +130,11 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of a server.
 
     Authentication happens before the handler runs: calls to methods outside
-    ``public_methods`` need a valid bearer token. Domain errors become
-    ``google.rpc.Status`` with ``ErrorInfo`` (and ``BadRequest`` for bad input); a
-    dependency that is down becomes UNAVAILABLE; anything else is logged with its
-    traceback and answered with INTERNAL, never UNKNOWN.
+    ``public_methods`` need a valid bearer token, and a stream opened with a user's session
+    ends with UNAUTHENTICATED when that session is revoked or expires (:attr:`watch`).
+    Domain errors become ``google.rpc.Status`` with ``ErrorInfo`` (and ``BadRequest`` for
+    bad input); a dependency that is down becomes UNAVAILABLE; anything else is logged with
+    its traceback and answered with INTERNAL, never UNKNOWN.
     """
 
     def __init__(
@@ -139,10 +142,13 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         sessions: SessionStore | None,
         public_methods: Iterable[str] = (),
         gate: CallGate | None = None,
+        watch: SessionWatch | None = None,
     ) -> None:
         self._sessions = sessions
         self._public = frozenset(public_methods)
         self.gate = gate or CallGate()
+        #: Ends the streams of revoked and expired sessions; run as a worker of the server.
+        self.watch = watch or (SessionWatch(sessions.redis) if sessions is not None else None)
 
     async def intercept_service(
         self,
@@ -180,7 +186,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         )
 
     async def _authenticate(
-        self, metadata: tuple[tuple[str, Any], ...], public: bool
+        self, metadata: tuple[tuple[str, Any], ...], public: bool, *, stream: bool = False
     ) -> Principal | None:
         if self._sessions is None:
             return None
@@ -193,7 +199,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
                     "this call needs a session: send 'authorization: Bearer <token>'",
                     reason="MISSING_CREDENTIALS",
                 )
-            return await self._sessions.authenticate(token)
+            return await self._sessions.authenticate(token, expiry=stream)
         except Unauthenticated:
             # A stale token must not stop anyone from logging in again.
             if public:
@@ -243,28 +249,74 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         metadata: tuple[tuple[str, Any], ...],
         public: bool,
         behavior: Callable[[Any, ServicerContext], Any],
-    ) -> Callable[[Any, ServicerContext], AsyncIterator[Any]]:
-        async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+    ) -> Callable[[Any, ServicerContext], Awaitable[None]]:
+        # The reader/writer form for every stream, generator handlers included: the task then
+        # only ever waits in the handler or in this wrapper's write, so a session watch may
+        # cancel it anywhere and still end the call with a status of ours.
+        async def handle(request: Any, context: ServicerContext) -> None:
             rid = self._begin(metadata)
             started = time.perf_counter()
             principal: Principal | None = None
+            watched: WatchedStream | None = None
             try:
-                if not method.startswith("/grpc."):
-                    self.gate.admit(unary=False)
-                principal = await self._authenticate(metadata, public)
-                set_principal(principal)
-                result = behavior(request, context)
-                if inspect.isasyncgen(result):
-                    async for item in result:
-                        yield item
-                else:
-                    await result
+                try:
+                    if not method.startswith("/grpc."):
+                        self.gate.admit(unary=False)
+                    principal = await self._authenticate(metadata, public, stream=True)
+                    set_principal(principal)
+                    if self.watch is not None and principal is not None and principal.session_key:
+                        task = asyncio.current_task()
+                        assert task is not None
+                        watched = self.watch.watch(
+                            principal.session_key, principal.expires_at_ms, task
+                        )
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        # Closed however the stream ends, so the handler's cleanup runs now.
+                        async with contextlib.aclosing(result):
+                            if watched is not None:
+                                async for item in result:
+                                    await _first_write(context, item, watched)
+                                    break
+                            async for item in result:
+                                await context.write(item)
+                    else:
+                        await result
+                finally:
+                    if watched is not None:
+                        watched.release()
+                if watched is not None and watched.error is not None:
+                    raise watched.error  # the handler swallowed the cancellation
             except BaseException as exc:
+                if (
+                    watched is not None
+                    and watched.error is not None
+                    and not isinstance(exc, grpc.aio.AbortError)
+                ):
+                    # The session ended: our cancellation, not the client's, stopped the handler.
+                    if watched.cancelled:
+                        watched.cancelled = False
+                        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    await _fail(context, watched.error, method, rid, principal, started)
+                    raise watched.error from exc
                 await _fail(context, exc, method, rid, principal, started)
                 raise
             _log_ok(method, rid, principal, started)
 
         return handle
+
+
+async def _first_write(context: ServicerContext, item: Any, watched: WatchedStream) -> None:
+    """Writes a watched stream's first message, not to be cancelled halfway: it carries the
+    response headers, and a status sent after a cancelled first write would carry them again
+    (refused by grpc, which then sends no status at all)."""
+    watched.holding = True
+    try:
+        await context.write(item)
+    finally:
+        watched.holding = False
+    if watched.error is not None:
+        raise watched.error
 
 
 def _who(principal: Principal | None) -> str:

@@ -381,6 +381,8 @@ def build_mesh_server(
     server = build_grpc_server(
         settings.server, bindings, [interceptor, ValidationInterceptor()], interceptor.gate
     )
+    if interceptor.watch is not None:
+        server.add_worker(interceptor.watch.run, interceptor.watch.stop)
     probes = store_probes(stores, settings.stores.probe_timeout_s)
     if probes:
         server.watch_stores(
