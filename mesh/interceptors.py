@@ -119,6 +119,9 @@ class CallGate:
     async def close(self, grace_s: float) -> bool:
         """Refuses new calls and waits up to ``grace_s`` seconds for unary calls to finish."""
         self._open = False
+        if self._idle.is_set():
+            # Checked first: with no grace, wait_for gives up on even an event already set.
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), grace_s)
         except TimeoutError:
