@@ -34,6 +34,7 @@ from mesh.stores import Stores, open_stores
 from mesh.testing import bearer, service_metadata, serving, settings_for_test
 from tests.integration import rows
 from tests.polling import eventually
+from tracking_svc.clients.positions import PositionFollower
 
 #: The Redis database of this module's server: the other tests use 0, the benches 9 to 11
 #: (and flush theirs).
@@ -403,3 +404,36 @@ async def test_only_services_and_admins_follow_couriers(watching: Watching) -> N
         await follower.call.read()
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     await follower.close()
+
+
+async def test_tracking_s_follower_lives_through_a_failing_position_handler(
+    watching: Watching,
+) -> None:
+    """tracking_svc follows every courier it watches over one FollowDrivers stream: an error
+    while handling one position must not end that stream's loop silently (every watcher's
+    positions would stop for good); the stream is opened again with the courier still followed
+    (before, the first error ended the follower's task)."""
+    [(driver_id, metadata)] = await _couriers(watching, 1)
+    await _report(watching, metadata, 60.17, 24.94)
+    heard: list[float] = []
+    failed = False
+
+    def on_location(location: location_pb2.DriverLocation) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("a bug in a position handler")
+        heard.append(location.position.latitude)
+
+    follower = PositionFollower(watching.location, watching.service, on_location, retry_s=0.05)
+    follower.follow(driver_id)
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: failed)
+        await eventually(lambda: follower.streams_opened == 2)
+        assert not task.done() and follower.errors == 1
+        assert follower.followed == {driver_id}
+    finally:
+        follower.stop()
+        # A stop cancels the open call, which ends the task as cancelled (as tracking expects).
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)

@@ -118,6 +118,11 @@ class PositionFollower:
                     return
                 self.errors += 1
                 logger.warning("courier position stream lost (%s); opening it again", err.code())
+            except Exception:
+                # Never a silent end: every watcher's positions depend on this one stream.
+                call.cancel()
+                self.errors += 1
+                logger.exception("courier position stream failed; opening it again")
             finally:
                 self._call = None
             await asyncio.sleep(delay)
