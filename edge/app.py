@@ -14,6 +14,7 @@ from aiohttp import web
 from google.protobuf import descriptor_pool
 
 import edge.registry  # noqa: F401 - registers every generated descriptor in the default pool
+from edge.pages import add_page_routes
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def build_app(config: EdgeConfig) -> tuple[web.Application, Edge]:
     edge = Edge(config)
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_get("/healthz", edge.healthz)
+    add_page_routes(app)
     app.router.add_route("OPTIONS", "/{service}/{method}", edge.preflight)
     app.router.add_post("/{service}/{method}", edge.call)
 
