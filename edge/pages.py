@@ -9,7 +9,7 @@ from aiohttp import web
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-async def _index(request: web.Request) -> web.Response:
+async def _index(request: web.Request) -> web.StreamResponse:
     pages = sorted(path.name for path in STATIC_DIR.glob("*.html")) if STATIC_DIR.is_dir() else []
     if "index.html" in pages:
         return web.FileResponse(STATIC_DIR / "index.html")
