@@ -44,6 +44,7 @@ from location_svc.store.driver_index import DriverIndex, slot_of
 from location_svc.store.drivers import DriverRecord, DriverStore
 from location_svc.store.geo_index import IndexEntry, shard_of
 from location_svc.store.history import HistoryWriter, history_row
+from location_svc.store.quotas import CallQuota
 from location_svc.watch import Followed, PositionHub
 from mesh import clock
 from mesh.auth import Principal, Role, current_principal
@@ -56,7 +57,7 @@ from mesh.errors import (
     Unavailable,
     Validator,
 )
-from mesh.geo import validate_location
+from mesh.geo import haversine_m, validate_location
 from mesh.pubsub import Listener
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 500
 MAX_RADIUS_M = 50_000.0
 MAX_LIMIT = 100
+#: The longest corner-to-corner size of a GetFleet box, in metres.
+MAX_FLEET_SPAN_M = 50_000.0
+#: How far from the equator a GetFleet box may reach, in degrees (Redis GEO stops at 85.05).
+MAX_FLEET_LATITUDE = 85.0
+#: The couriers GetFleet returns when the request leaves max_couriers 0.
+DEFAULT_FLEET_COURIERS = 500
 #: The pub/sub channel of status changes, "<driver id> <status> <vehicle>": every instance's
 #: open streams of that driver file their next fixes by the new status.
 STATUS_CHANNEL = "loc:status"
@@ -89,6 +96,10 @@ class LocationPolicy:
     watch_streams_per_caller: int = 200
     #: The least time between two acks on one stream, in seconds.
     ack_spacing_s: float = 0.5
+    #: The most couriers one GetFleet call returns (its contract says 2000).
+    fleet_max_couriers: int = 2000
+    #: GetFleet calls one caller may make per minute, across every instance.
+    fleet_calls_per_minute: int = 60
 
 
 class StreamSession:
@@ -153,6 +164,9 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
         self._sessions: dict[str, set[StreamSession]] = {}
         #: Open position streams by caller (role, subject).
         self._watch_streams: Counter[tuple[Role, str]] = Counter()
+        self._fleet_quota = CallQuota(
+            redis, "fleet", calls=self._policy.fleet_calls_per_minute, window_s=60.0
+        )
 
     def apply_status(self, driver_id: str, status: DriverStatus, vehicle: str) -> None:
         """A status change reaches the driver's open streams here: their next fix is filed by
@@ -506,6 +520,43 @@ class LocationService(location_service_pb2_grpc.LocationServiceServicer):
             ]
         )
 
+    async def GetFleet(
+        self,
+        request: location_service_pb2.GetFleetRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> location_service_pb2.GetFleetResponse:
+        principal = current_principal()
+        principal.require(Role.ADMIN)
+        south, west, north, east, limit = _fleet_query(request, self._policy.fleet_max_couriers)
+        # Counted after the checks: a refused request costs the caller nothing but its answer.
+        retry_ms = await self._fleet_quota.take(principal.subject)
+        if retry_ms is not None:
+            calls = self._fleet_quota.calls
+            raise ResourceExhausted(
+                f"at most {calls} fleet reads per caller per minute; ask again in "
+                f"{retry_ms / 1000:.1f} s",
+                reason="FLEET_RATE_LIMITED",
+                metadata={"retry_after_ms": str(retry_ms), "limit": str(calls)},
+            )
+        now_ms = clock.now_ms()
+        found, truncated = await self._index.in_box(south, west, north, east, limit, now_ms=now_ms)
+        available = STATUS_TO_PROTO[DriverStatus.AVAILABLE]
+        busy = STATUS_TO_PROTO[DriverStatus.BUSY]
+        return location_service_pb2.GetFleetResponse(
+            couriers=[
+                location_pb2.FleetCourier(
+                    driver_id=d.driver_id,
+                    position={"latitude": d.lat, "longitude": d.lng},
+                    status=busy if d.busy else available,
+                    vehicle_type=VEHICLE_TO_PROTO.get(d.vehicle, 0),
+                    fix_time=timestamp_ms(d.fix_time_ms),
+                    position_age_duration=seconds(max(0, now_ms - d.fix_time_ms) / 1000),
+                )
+                for d in found
+            ],
+            truncated=truncated,
+        )
+
     def _may_see(self, principal: Principal, driver_id: str) -> None:
         if principal.role in (Role.SERVICE, Role.ADMIN):
             return
@@ -763,6 +814,56 @@ def _catch_up(
 
 def _newer(fix: Fix | None, than: Fix | None) -> bool:
     return fix is not None and (than is None or fix.device_time_ms > than.device_time_ms)
+
+
+def _fleet_query(
+    request: location_service_pb2.GetFleetRequest, max_couriers: int
+) -> tuple[float, float, float, float, int]:
+    """The box (south, west, north, east) and the limit of a GetFleet request, or
+    INVALID_ARGUMENT naming every bad field."""
+    v = Validator()
+    corners = []
+    for name in ("south_west", "north_east"):
+        if v.check(request.HasField(name), name, "is required"):
+            corner = getattr(request, name)
+            before = len(v.violations)
+            validate_location(v, name, corner.latitude, corner.longitude)
+            if len(v.violations) == before:
+                corners.append((corner.latitude, corner.longitude))
+    if len(corners) == 2:
+        (south, west), (north, east) = corners
+        v.check(south < north, "north_east.latitude", "must be greater than south_west.latitude")
+        v.check(
+            west < east,
+            "north_east.longitude",
+            "must be greater than south_west.longitude (ask for a view across the antimeridian "
+            "as two boxes)",
+        )
+        for name, lat in (("south_west", south), ("north_east", north)):
+            v.check(
+                abs(lat) <= MAX_FLEET_LATITUDE,
+                f"{name}.latitude",
+                f"must be within {MAX_FLEET_LATITUDE:.0f} degrees of the equator",
+            )
+        v.check(
+            haversine_m(south, west, north, east) <= MAX_FLEET_SPAN_M,
+            "north_east",
+            f"the box must measure at most {MAX_FLEET_SPAN_M / 1000:.0f} km from corner to corner",
+        )
+    v.check(
+        0 <= request.max_couriers <= max_couriers,
+        "max_couriers",
+        f"must be 0 to {max_couriers}",
+    )
+    v.raise_if_any()
+    (south, west), (north, east) = corners
+    return (
+        south,
+        west,
+        north,
+        east,
+        request.max_couriers or min(DEFAULT_FLEET_COURIERS, max_couriers),
+    )
 
 
 def _index_of(dropped: location_pb2.DroppedFix) -> int:

@@ -151,6 +151,31 @@ class DriverIndex:
                 best[n.driver_id] = n
         return sorted(best.values(), key=lambda n: (n.distance_m, n.driver_id))[:limit]
 
+    async def in_box(
+        self,
+        south: float,
+        west: float,
+        north: float,
+        east: float,
+        limit: int,
+        *,
+        now_ms: int | None = None,
+    ) -> tuple[list[Nearby], bool]:
+        """Available and busy fresh couriers inside a box, nearest its centre first, at most
+        ``limit`` (see :meth:`GeoIndex.in_box`); and whether the box may hold more."""
+        (free, free_more), (busy, busy_more) = await asyncio.gather(
+            self.available.in_box(south, west, north, east, limit, now_ms=now_ms),
+            self.busy.in_box(south, west, north, east, limit, now_ms=now_ms),
+        )
+        # A driver caught in both (a status change racing a fix) counts once, as find_nearby.
+        best: dict[str, Nearby] = {}
+        for n in [*free, *(n._replace(busy=True) for n in busy)]:
+            seen = best.get(n.driver_id)
+            if seen is None or (n.fix_time_ms, n.busy) > (seen.fix_time_ms, seen.busy):
+                best[n.driver_id] = n
+        found = sorted(best.values(), key=lambda n: (n.distance_m, n.driver_id))
+        return found[:limit], free_more or busy_more or len(found) > limit
+
     async def sweep(self, now_ms: int | None = None) -> int:
         """Takes silent drivers out of both indexes; returns how many."""
         return await self.available.sweep(now_ms) + await self.busy.sweep(now_ms)

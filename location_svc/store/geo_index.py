@@ -607,6 +607,25 @@ redis.call('ZREM', KEYS[1], unpack(ids))
 return #ids
 """
 
+# The fresh drivers of one shard's ``any`` set inside a box: a fleet map's read.
+#   KEYS: seen, any   ARGV: lng, lat (the box's centre), width_m, height_m, count, cutoff_ms
+#   reply: {full, hits}: full is 1 when `count` rows came back (the shard may hold more); hits
+#     are lines "lng lat presence driver", nearest the centre first
+_BOX_LUA = """
+local rows = redis.call('GEOSEARCH', KEYS[2], 'FROMLONLAT', ARGV[1], ARGV[2],
+                        'BYBOX', ARGV[3], ARGV[4], 'm', 'ASC', 'COUNT', ARGV[5], 'WITHCOORD')
+local cutoff = tonumber(ARGV[6])
+local lines = {}
+for i = 1, #rows do
+  local s = redis.call('ZSCORE', KEYS[1], rows[i][1])
+  if s and tonumber(s) >= cutoff then
+    local xy = rows[i][2]
+    lines[#lines + 1] = xy[1] .. ' ' .. xy[2] .. ' ' .. s .. ' ' .. rows[i][1]
+  end
+end
+return {#rows == tonumber(ARGV[5]) and 1 or 0, table.concat(lines, '\\n')}
+"""
+
 
 class _Script:
     """A Lua script run by EVALSHA, falling back to EVAL where the server lacks it."""
@@ -624,6 +643,7 @@ class _Script:
 
 _SEARCH = _Script(_SEARCH_LUA)
 _SWEEP = _Script(_SWEEP_LUA)
+_BOX = _Script(_BOX_LUA)
 
 
 async def _run_scripts(
@@ -982,6 +1002,65 @@ class GeoIndex:
                         hit = (distance, driver, hit_lat, hit_lng, fix_ms, int(raw_vehicle))
                         _keep(best, hit)
         return list(best.values()), horizon, reached
+
+    async def in_box(
+        self,
+        south: float,
+        west: float,
+        north: float,
+        east: float,
+        limit: int,
+        *,
+        now_ms: int | None = None,
+    ) -> tuple[list[Nearby], bool]:
+        """The fresh drivers inside a box (``south < north``, ``west < east``, within Redis's
+        GEO latitudes), nearest its centre first, at most ``limit``; and whether the box may
+        hold more than were returned.
+
+        Each shard the box touches answers its ``limit + 1`` nearest in a Redis box that holds
+        the asked one (a Redis box's width is measured at each driver's own latitude, so it is
+        as wide as the asked box where that is widest); the rows are then cut to the asked box
+        exactly. A shard that answers all ``limit + 1`` may hold more. Costs a script run per
+        shard, one round trip: meant for an operator's map, not a hot path.
+        """
+        if limit <= 0:
+            return [], False
+        lat, lng = (south + north) / 2, (west + east) / 2
+        reach = max(haversine_m(lat, lng, y, x) for y in (south, north) for x in (west, east))
+        # Redis measures with its own earth radius; a metre of slack covers its geohash rounding.
+        half_height = _REDIS_EARTH_RADIUS_M * math.radians(north - south) / 2
+        widest = 0.0 if south <= 0.0 <= north else min(abs(south), abs(north))
+        half_width = (
+            2
+            * _REDIS_EARTH_RADIUS_M
+            * math.asin(
+                min(1.0, math.cos(math.radians(widest)) * math.sin(math.radians(east - west) / 4))
+            )
+        )
+        size = (2 * (half_width + _REDIS_RADIUS_SLACK_M), 2 * (half_height + _REDIS_RADIUS_SLACK_M))
+        cutoff = (clock.now_ms() if now_ms is None else now_ms) - self._ttl_ms
+        calls: list[tuple[_Script, list[bytes], list[Any]]] = []
+        for shard in shards_for_circle(lat, lng, reach):
+            keys = _shard_keys(self._prefix, shard)
+            if not keys.all_polar:
+                argv = [lng, lat, *size, limit + 1, cutoff]
+                calls.append((_BOX, [keys.seen, keys.geo[_ANY]], argv))
+        replies = await _run_scripts(self._redis, calls) if calls else []
+        best: dict[bytes, _Hit] = {}
+        full = False
+        for reply in replies:
+            full = full or bool(int(reply[0]))
+            if not reply[1]:
+                continue
+            for line in reply[1].split(b"\n"):
+                raw_lng, raw_lat, raw_score, driver = line.split(b" ", 3)
+                hit_lat, hit_lng = float(raw_lat), float(raw_lng)
+                if south <= hit_lat <= north and west <= hit_lng <= east:
+                    fix_ms, vehicle = parse_presence(raw_score)
+                    distance = haversine_m(lat, lng, hit_lat, hit_lng)
+                    _keep(best, (distance, driver, hit_lat, hit_lng, fix_ms, vehicle))
+        hits = sorted(best.values())
+        return [_nearby(h) for h in hits[:limit]], full or len(hits) > limit
 
     # --- presence ----------------------------------------------------------------------------
 

@@ -118,3 +118,19 @@ class DriverLocation(_message.Message):
     presence: Presence
     status: _common_pb2.DriverStatus
     def __init__(self, driver_id: _Optional[str] = ..., position: _Optional[_Union[_common_pb2.LatLng, _Mapping]] = ..., heading_degrees: _Optional[float] = ..., speed_mps: _Optional[float] = ..., accuracy_meters: _Optional[float] = ..., fix_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., position_age_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., presence: _Optional[_Union[Presence, str]] = ..., status: _Optional[_Union[_common_pb2.DriverStatus, str]] = ...) -> None: ...
+
+class FleetCourier(_message.Message):
+    __slots__ = ("driver_id", "position", "status", "vehicle_type", "fix_time", "position_age_duration")
+    DRIVER_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VEHICLE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FIX_TIME_FIELD_NUMBER: _ClassVar[int]
+    POSITION_AGE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    driver_id: str
+    position: _common_pb2.LatLng
+    status: _common_pb2.DriverStatus
+    vehicle_type: _common_pb2.VehicleType
+    fix_time: _timestamp_pb2.Timestamp
+    position_age_duration: _duration_pb2.Duration
+    def __init__(self, driver_id: _Optional[str] = ..., position: _Optional[_Union[_common_pb2.LatLng, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.DriverStatus, str]] = ..., vehicle_type: _Optional[_Union[_common_pb2.VehicleType, str]] = ..., fix_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., position_age_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -133,3 +133,21 @@ class FollowDriversResponse(_message.Message):
     locations: _containers.RepeatedCompositeFieldContainer[_location_pb2.DriverLocation]
     unknown_driver_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, locations: _Optional[_Iterable[_Union[_location_pb2.DriverLocation, _Mapping]]] = ..., unknown_driver_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetFleetRequest(_message.Message):
+    __slots__ = ("south_west", "north_east", "max_couriers")
+    SOUTH_WEST_FIELD_NUMBER: _ClassVar[int]
+    NORTH_EAST_FIELD_NUMBER: _ClassVar[int]
+    MAX_COURIERS_FIELD_NUMBER: _ClassVar[int]
+    south_west: _common_pb2.LatLng
+    north_east: _common_pb2.LatLng
+    max_couriers: int
+    def __init__(self, south_west: _Optional[_Union[_common_pb2.LatLng, _Mapping]] = ..., north_east: _Optional[_Union[_common_pb2.LatLng, _Mapping]] = ..., max_couriers: _Optional[int] = ...) -> None: ...
+
+class GetFleetResponse(_message.Message):
+    __slots__ = ("couriers", "truncated")
+    COURIERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    couriers: _containers.RepeatedCompositeFieldContainer[_location_pb2.FleetCourier]
+    truncated: bool
+    def __init__(self, couriers: _Optional[_Iterable[_Union[_location_pb2.FleetCourier, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

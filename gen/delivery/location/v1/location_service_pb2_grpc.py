@@ -70,6 +70,11 @@ class LocationServiceStub:
                 request_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversRequest.SerializeToString,
                 response_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversResponse.FromString,
                 _registered_method=True)
+        self.GetFleet = channel.unary_unary(
+                '/delivery.location.v1.LocationService/GetFleet',
+                request_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.GetFleetRequest.SerializeToString,
+                response_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.GetFleetResponse.FromString,
+                _registered_method=True)
 
 
 class LocationServiceServicer:
@@ -147,6 +152,23 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFleet(self, request, context):
+        """Returns the couriers inside a box, for an operator's fleet map: the
+        available and busy couriers of the nearby-driver index (offline couriers,
+        and couriers whose last fix is older than the presence time-to-live, are
+        not in it), nearest the box's centre first, at most max_couriers of them.
+        The box is required and bounded, so one call reads a city, never the
+        world. Admin only. Returns INVALID_ARGUMENT for a missing corner, corners
+        out of range or in the wrong order, a box more than 50 km from corner to
+        corner or reaching beyond latitude 85, or max_couriers outside 0 to 2000;
+        PERMISSION_DENIED for every other role; and RESOURCE_EXHAUSTED (reason
+        FLEET_RATE_LIMITED, its retry_after_ms metadata saying when to ask again)
+        after 60 calls by the same caller within a minute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +206,11 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     servicer.FollowDrivers,
                     request_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversRequest.FromString,
                     response_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversResponse.SerializeToString,
+            ),
+            'GetFleet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleet,
+                    request_deserializer=delivery_dot_location_dot_v1_dot_location__service__pb2.GetFleetRequest.FromString,
+                    response_serializer=delivery_dot_location_dot_v1_dot_location__service__pb2.GetFleetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,6 +403,33 @@ class LocationService:
             '/delivery.location.v1.LocationService/FollowDrivers',
             delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversRequest.SerializeToString,
             delivery_dot_location_dot_v1_dot_location__service__pb2.FollowDriversResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.location.v1.LocationService/GetFleet',
+            delivery_dot_location_dot_v1_dot_location__service__pb2.GetFleetRequest.SerializeToString,
+            delivery_dot_location_dot_v1_dot_location__service__pb2.GetFleetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file delivery/location/v1/location.proto.
  */
 export const file_delivery_location_v1_location: GenFile = /*@__PURE__*/
-  fileDesc("CiNkZWxpdmVyeS9sb2NhdGlvbi92MS9sb2NhdGlvbi5wcm90bxIUZGVsaXZlcnkubG9jYXRpb24udjEiwwEKC0xvY2F0aW9uRml4EiwKCHBvc2l0aW9uGAEgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIXCg9hY2N1cmFjeV9tZXRlcnMYAiABKAISFwoPaGVhZGluZ19kZWdyZWVzGAMgASgCEhEKCXNwZWVkX21wcxgEIAEoAhIvCgtkZXZpY2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIc2VxdWVuY2UYBiABKAQiUAoKRHJvcHBlZEZpeBINCgVpbmRleBgBIAEoBRIzCgZyZWFzb24YAiABKA4yIy5kZWxpdmVyeS5sb2NhdGlvbi52MS5GaXhEcm9wUmVhc29uIroBCgtEcml2ZXJTdGF0ZRIRCglkcml2ZXJfaWQYASABKAkSMAoGc3RhdHVzGAIgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cxI1Cgx2ZWhpY2xlX3R5cGUYAyABKA4yHy5kZWxpdmVyeS5jb21tb24udjEuVmVoaWNsZVR5cGUSLwoLdXBkYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrkCCgxOZWFyYnlEcml2ZXISEQoJZHJpdmVyX2lkGAEgASgJEiwKCHBvc2l0aW9uGAIgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIXCg9kaXN0YW5jZV9tZXRlcnMYAyABKAESNQoMdmVoaWNsZV90eXBlGAQgASgOMh8uZGVsaXZlcnkuY29tbW9uLnYxLlZlaGljbGVUeXBlEiwKCGZpeF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI4ChVwb3NpdGlvbl9hZ2VfZHVyYXRpb24YBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMAoGc3RhdHVzGAcgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cyLiAgoORHJpdmVyTG9jYXRpb24SEQoJZHJpdmVyX2lkGAEgASgJEiwKCHBvc2l0aW9uGAIgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIXCg9oZWFkaW5nX2RlZ3JlZXMYAyABKAISEQoJc3BlZWRfbXBzGAQgASgCEhcKD2FjY3VyYWN5X21ldGVycxgFIAEoAhIsCghmaXhfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOAoVcG9zaXRpb25fYWdlX2R1cmF0aW9uGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKCHByZXNlbmNlGAggASgOMh4uZGVsaXZlcnkubG9jYXRpb24udjEuUHJlc2VuY2USMAoGc3RhdHVzGAkgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cyqnAgoNRml4RHJvcFJlYXNvbhIfChtGSVhfRFJPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIgChxGSVhfRFJPUF9SRUFTT05fT1VUX09GX1JBTkdFEAESIQodRklYX0RST1BfUkVBU09OX1BPT1JfQUNDVVJBQ1kQAhIkCiBGSVhfRFJPUF9SRUFTT05fRlVUVVJFX1RJTUVTVEFNUBADEiMKH0ZJWF9EUk9QX1JFQVNPTl9TVEFMRV9USU1FU1RBTVAQBBIdChlGSVhfRFJPUF9SRUFTT05fRFVQTElDQVRFEAUSIAocRklYX0RST1BfUkVBU09OX09VVF9PRl9PUkRFUhAGEiQKIEZJWF9EUk9QX1JFQVNPTl9JTVBPU1NJQkxFX1NQRUVEEAcqgAEKCFByZXNlbmNlEhgKFFBSRVNFTkNFX1VOU1BFQ0lGSUVEEAASEwoPUFJFU0VOQ0VfT05MSU5FEAESEwoPUFJFU0VOQ0VfU0lMRU5UEAISGgoWUFJFU0VOQ0VfU1RSRUFNX0NMT1NFRBADEhQKEFBSRVNFTkNFX09GRkxJTkUQBGIGcHJvdG8z", [file_delivery_common_v1_common, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiNkZWxpdmVyeS9sb2NhdGlvbi92MS9sb2NhdGlvbi5wcm90bxIUZGVsaXZlcnkubG9jYXRpb24udjEiwwEKC0xvY2F0aW9uRml4EiwKCHBvc2l0aW9uGAEgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIXCg9hY2N1cmFjeV9tZXRlcnMYAiABKAISFwoPaGVhZGluZ19kZWdyZWVzGAMgASgCEhEKCXNwZWVkX21wcxgEIAEoAhIvCgtkZXZpY2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIc2VxdWVuY2UYBiABKAQiUAoKRHJvcHBlZEZpeBINCgVpbmRleBgBIAEoBRIzCgZyZWFzb24YAiABKA4yIy5kZWxpdmVyeS5sb2NhdGlvbi52MS5GaXhEcm9wUmVhc29uIroBCgtEcml2ZXJTdGF0ZRIRCglkcml2ZXJfaWQYASABKAkSMAoGc3RhdHVzGAIgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cxI1Cgx2ZWhpY2xlX3R5cGUYAyABKA4yHy5kZWxpdmVyeS5jb21tb24udjEuVmVoaWNsZVR5cGUSLwoLdXBkYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrkCCgxOZWFyYnlEcml2ZXISEQoJZHJpdmVyX2lkGAEgASgJEiwKCHBvc2l0aW9uGAIgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIXCg9kaXN0YW5jZV9tZXRlcnMYAyABKAESNQoMdmVoaWNsZV90eXBlGAQgASgOMh8uZGVsaXZlcnkuY29tbW9uLnYxLlZlaGljbGVUeXBlEiwKCGZpeF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI4ChVwb3NpdGlvbl9hZ2VfZHVyYXRpb24YBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMAoGc3RhdHVzGAcgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cyLiAgoORHJpdmVyTG9jYXRpb24SEQoJZHJpdmVyX2lkGAEgASgJEiwKCHBvc2l0aW9uGAIgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIXCg9oZWFkaW5nX2RlZ3JlZXMYAyABKAISEQoJc3BlZWRfbXBzGAQgASgCEhcKD2FjY3VyYWN5X21ldGVycxgFIAEoAhIsCghmaXhfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOAoVcG9zaXRpb25fYWdlX2R1cmF0aW9uGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKCHByZXNlbmNlGAggASgOMh4uZGVsaXZlcnkubG9jYXRpb24udjEuUHJlc2VuY2USMAoGc3RhdHVzGAkgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cyKgAgoMRmxlZXRDb3VyaWVyEhEKCWRyaXZlcl9pZBgBIAEoCRIsCghwb3NpdGlvbhgCIAEoCzIaLmRlbGl2ZXJ5LmNvbW1vbi52MS5MYXRMbmcSMAoGc3RhdHVzGAMgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cxI1Cgx2ZWhpY2xlX3R5cGUYBCABKA4yHy5kZWxpdmVyeS5jb21tb24udjEuVmVoaWNsZVR5cGUSLAoIZml4X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKFXBvc2l0aW9uX2FnZV9kdXJhdGlvbhgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiqnAgoNRml4RHJvcFJlYXNvbhIfChtGSVhfRFJPUF9SRUFTT05fVU5TUEVDSUZJRUQQABIgChxGSVhfRFJPUF9SRUFTT05fT1VUX09GX1JBTkdFEAESIQodRklYX0RST1BfUkVBU09OX1BPT1JfQUNDVVJBQ1kQAhIkCiBGSVhfRFJPUF9SRUFTT05fRlVUVVJFX1RJTUVTVEFNUBADEiMKH0ZJWF9EUk9QX1JFQVNPTl9TVEFMRV9USU1FU1RBTVAQBBIdChlGSVhfRFJPUF9SRUFTT05fRFVQTElDQVRFEAUSIAocRklYX0RST1BfUkVBU09OX09VVF9PRl9PUkRFUhAGEiQKIEZJWF9EUk9QX1JFQVNPTl9JTVBPU1NJQkxFX1NQRUVEEAcqgAEKCFByZXNlbmNlEhgKFFBSRVNFTkNFX1VOU1BFQ0lGSUVEEAASEwoPUFJFU0VOQ0VfT05MSU5FEAESEwoPUFJFU0VOQ0VfU0lMRU5UEAISGgoWUFJFU0VOQ0VfU1RSRUFNX0NMT1NFRBADEhQKEFBSRVNFTkNFX09GRkxJTkUQBGIGcHJvdG8z", [file_delivery_common_v1_common, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * One position reading from a courier's phone. The courier is the caller; a
@@ -290,6 +290,63 @@ export type DriverLocation = Message<"delivery.location.v1.DriverLocation"> & {
  */
 export const DriverLocationSchema: GenMessage<DriverLocation> = /*@__PURE__*/
   messageDesc(file_delivery_location_v1_location, 4);
+
+/**
+ * A courier on an operator's fleet map.
+ *
+ * @generated from message delivery.location.v1.FleetCourier
+ */
+export type FleetCourier = Message<"delivery.location.v1.FleetCourier"> & {
+  /**
+   * The courier's user id.
+   *
+   * @generated from field: string driver_id = 1;
+   */
+  driverId: string;
+
+  /**
+   * The courier's last accepted position.
+   *
+   * @generated from field: delivery.common.v1.LatLng position = 2;
+   */
+  position?: LatLng | undefined;
+
+  /**
+   * The courier's working status: available or busy.
+   *
+   * @generated from field: delivery.common.v1.DriverStatus status = 3;
+   */
+  status: DriverStatus;
+
+  /**
+   * The vehicle the courier uses.
+   *
+   * @generated from field: delivery.common.v1.VehicleType vehicle_type = 4;
+   */
+  vehicleType: VehicleType;
+
+  /**
+   * When the position was measured, by the device clock as corrected by the
+   * server.
+   *
+   * @generated from field: google.protobuf.Timestamp fix_time = 5;
+   */
+  fixTime?: Timestamp | undefined;
+
+  /**
+   * How old the position was when the fleet was read.
+   *
+   * @generated from field: google.protobuf.Duration position_age_duration = 6;
+   */
+  positionAgeDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message delivery.location.v1.FleetCourier.
+ * Use `create(FleetCourierSchema)` to create a new message.
+ */
+export const FleetCourierSchema: GenMessage<FleetCourier> = /*@__PURE__*/
+  messageDesc(file_delivery_location_v1_location, 5);
 
 /**
  * Why the server dropped a location fix at ingest instead of using it.

@@ -9,7 +9,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { DriverStatus, LatLng, VehicleType } from "../../common/v1/common_pb";
 import { file_delivery_common_v1_common } from "../../common/v1/common_pb";
-import type { DriverLocation, DriverState, DroppedFix, FixDropReason, LocationFix, NearbyDriver } from "./location_pb";
+import type { DriverLocation, DriverState, DroppedFix, FixDropReason, FleetCourier, LocationFix, NearbyDriver } from "./location_pb";
 import { file_delivery_location_v1_location } from "./location_pb";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file delivery/location/v1/location_service.proto.
  */
 export const file_delivery_location_v1_location_service: GenFile = /*@__PURE__*/
-  fileDesc("CitkZWxpdmVyeS9sb2NhdGlvbi92MS9sb2NhdGlvbl9zZXJ2aWNlLnByb3RvEhRkZWxpdmVyeS5sb2NhdGlvbi52MSJHChVTdHJlYW1Mb2NhdGlvblJlcXVlc3QSLgoDZml4GAEgASgLMiEuZGVsaXZlcnkubG9jYXRpb24udjEuTG9jYXRpb25GaXgiigIKFlN0cmVhbUxvY2F0aW9uUmVzcG9uc2USLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmFja2VkX3NlcXVlbmNlGAIgASgEEjkKFm5leHRfaW50ZXJ2YWxfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYWNjZXB0ZWRfY291bnQYBCABKAQSFQoNZHJvcHBlZF9jb3VudBgFIAEoBBI9ChBsYXN0X2Ryb3BfcmVhc29uGAYgASgOMiMuZGVsaXZlcnkubG9jYXRpb24udjEuRml4RHJvcFJlYXNvbiJeChZSZXBvcnRMb2NhdGlvbnNSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSMAoFZml4ZXMYAiADKAsyIS5kZWxpdmVyeS5sb2NhdGlvbi52MS5Mb2NhdGlvbkZpeCK5AQoXUmVwb3J0TG9jYXRpb25zUmVzcG9uc2USFgoOYWNjZXB0ZWRfY291bnQYASABKAUSGAoQYmFja2ZpbGxlZF9jb3VudBgCIAEoBRIxCgdkcm9wcGVkGAMgAygLMiAuZGVsaXZlcnkubG9jYXRpb24udjEuRHJvcHBlZEZpeBI5ChZuZXh0X2ludGVydmFsX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqgBChZTZXRBdmFpbGFiaWxpdHlSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSMAoGc3RhdHVzGAIgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cxI1Cgx2ZWhpY2xlX3R5cGUYAyABKA4yHy5kZWxpdmVyeS5jb21tb24udjEuVmVoaWNsZVR5cGUSEQoJZHJpdmVyX2lkGAQgASgJIlIKF1NldEF2YWlsYWJpbGl0eVJlc3BvbnNlEjcKDGRyaXZlcl9zdGF0ZRgBIAEoCzIhLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkRyaXZlclN0YXRlIrkBChhGaW5kTmVhcmJ5RHJpdmVyc1JlcXVlc3QSKgoGY2VudGVyGAEgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIVCg1yYWRpdXNfbWV0ZXJzGAIgASgBEg0KBWxpbWl0GAMgASgFEjUKDHZlaGljbGVfdHlwZRgEIAEoDjIfLmRlbGl2ZXJ5LmNvbW1vbi52MS5WZWhpY2xlVHlwZRIUCgxpbmNsdWRlX2J1c3kYBSABKAgiUAoZRmluZE5lYXJieURyaXZlcnNSZXNwb25zZRIzCgdkcml2ZXJzGAEgAygLMiIuZGVsaXZlcnkubG9jYXRpb24udjEuTmVhcmJ5RHJpdmVyIi0KGEdldERyaXZlckxvY2F0aW9uUmVxdWVzdBIRCglkcml2ZXJfaWQYASABKAkiUwoZR2V0RHJpdmVyTG9jYXRpb25SZXNwb25zZRI2Cghsb2NhdGlvbhgBIAEoCzIkLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkRyaXZlckxvY2F0aW9uImkKGldhdGNoRHJpdmVyTG9jYXRpb25SZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRI4ChVtaW5faW50ZXJ2YWxfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVQobV2F0Y2hEcml2ZXJMb2NhdGlvblJlc3BvbnNlEjYKCGxvY2F0aW9uGAEgASgLMiQuZGVsaXZlcnkubG9jYXRpb24udjEuRHJpdmVyTG9jYXRpb24iTgoURm9sbG93RHJpdmVyc1JlcXVlc3QSGQoRZm9sbG93X2RyaXZlcl9pZHMYASADKAkSGwoTdW5mb2xsb3dfZHJpdmVyX2lkcxgCIAMoCSJsChVGb2xsb3dEcml2ZXJzUmVzcG9uc2USNwoJbG9jYXRpb25zGAEgAygLMiQuZGVsaXZlcnkubG9jYXRpb24udjEuRHJpdmVyTG9jYXRpb24SGgoSdW5rbm93bl9kcml2ZXJfaWRzGAIgAygJMroGCg9Mb2NhdGlvblNlcnZpY2USbwoOU3RyZWFtTG9jYXRpb24SKy5kZWxpdmVyeS5sb2NhdGlvbi52MS5TdHJlYW1Mb2NhdGlvblJlcXVlc3QaLC5kZWxpdmVyeS5sb2NhdGlvbi52MS5TdHJlYW1Mb2NhdGlvblJlc3BvbnNlKAEwARJuCg9SZXBvcnRMb2NhdGlvbnMSLC5kZWxpdmVyeS5sb2NhdGlvbi52MS5SZXBvcnRMb2NhdGlvbnNSZXF1ZXN0Gi0uZGVsaXZlcnkubG9jYXRpb24udjEuUmVwb3J0TG9jYXRpb25zUmVzcG9uc2USbgoPU2V0QXZhaWxhYmlsaXR5EiwuZGVsaXZlcnkubG9jYXRpb24udjEuU2V0QXZhaWxhYmlsaXR5UmVxdWVzdBotLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLlNldEF2YWlsYWJpbGl0eVJlc3BvbnNlEnQKEUZpbmROZWFyYnlEcml2ZXJzEi4uZGVsaXZlcnkubG9jYXRpb24udjEuRmluZE5lYXJieURyaXZlcnNSZXF1ZXN0Gi8uZGVsaXZlcnkubG9jYXRpb24udjEuRmluZE5lYXJieURyaXZlcnNSZXNwb25zZRJ0ChFHZXREcml2ZXJMb2NhdGlvbhIuLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkdldERyaXZlckxvY2F0aW9uUmVxdWVzdBovLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkdldERyaXZlckxvY2F0aW9uUmVzcG9uc2USfAoTV2F0Y2hEcml2ZXJMb2NhdGlvbhIwLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLldhdGNoRHJpdmVyTG9jYXRpb25SZXF1ZXN0GjEuZGVsaXZlcnkubG9jYXRpb24udjEuV2F0Y2hEcml2ZXJMb2NhdGlvblJlc3BvbnNlMAESbAoNRm9sbG93RHJpdmVycxIqLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkZvbGxvd0RyaXZlcnNSZXF1ZXN0GisuZGVsaXZlcnkubG9jYXRpb24udjEuRm9sbG93RHJpdmVyc1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_delivery_common_v1_common, file_delivery_location_v1_location, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CitkZWxpdmVyeS9sb2NhdGlvbi92MS9sb2NhdGlvbl9zZXJ2aWNlLnByb3RvEhRkZWxpdmVyeS5sb2NhdGlvbi52MSJHChVTdHJlYW1Mb2NhdGlvblJlcXVlc3QSLgoDZml4GAEgASgLMiEuZGVsaXZlcnkubG9jYXRpb24udjEuTG9jYXRpb25GaXgiigIKFlN0cmVhbUxvY2F0aW9uUmVzcG9uc2USLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmFja2VkX3NlcXVlbmNlGAIgASgEEjkKFm5leHRfaW50ZXJ2YWxfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYWNjZXB0ZWRfY291bnQYBCABKAQSFQoNZHJvcHBlZF9jb3VudBgFIAEoBBI9ChBsYXN0X2Ryb3BfcmVhc29uGAYgASgOMiMuZGVsaXZlcnkubG9jYXRpb24udjEuRml4RHJvcFJlYXNvbiJeChZSZXBvcnRMb2NhdGlvbnNSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSMAoFZml4ZXMYAiADKAsyIS5kZWxpdmVyeS5sb2NhdGlvbi52MS5Mb2NhdGlvbkZpeCK5AQoXUmVwb3J0TG9jYXRpb25zUmVzcG9uc2USFgoOYWNjZXB0ZWRfY291bnQYASABKAUSGAoQYmFja2ZpbGxlZF9jb3VudBgCIAEoBRIxCgdkcm9wcGVkGAMgAygLMiAuZGVsaXZlcnkubG9jYXRpb24udjEuRHJvcHBlZEZpeBI5ChZuZXh0X2ludGVydmFsX2R1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqgBChZTZXRBdmFpbGFiaWxpdHlSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSMAoGc3RhdHVzGAIgASgOMiAuZGVsaXZlcnkuY29tbW9uLnYxLkRyaXZlclN0YXR1cxI1Cgx2ZWhpY2xlX3R5cGUYAyABKA4yHy5kZWxpdmVyeS5jb21tb24udjEuVmVoaWNsZVR5cGUSEQoJZHJpdmVyX2lkGAQgASgJIlIKF1NldEF2YWlsYWJpbGl0eVJlc3BvbnNlEjcKDGRyaXZlcl9zdGF0ZRgBIAEoCzIhLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkRyaXZlclN0YXRlIrkBChhGaW5kTmVhcmJ5RHJpdmVyc1JlcXVlc3QSKgoGY2VudGVyGAEgASgLMhouZGVsaXZlcnkuY29tbW9uLnYxLkxhdExuZxIVCg1yYWRpdXNfbWV0ZXJzGAIgASgBEg0KBWxpbWl0GAMgASgFEjUKDHZlaGljbGVfdHlwZRgEIAEoDjIfLmRlbGl2ZXJ5LmNvbW1vbi52MS5WZWhpY2xlVHlwZRIUCgxpbmNsdWRlX2J1c3kYBSABKAgiUAoZRmluZE5lYXJieURyaXZlcnNSZXNwb25zZRIzCgdkcml2ZXJzGAEgAygLMiIuZGVsaXZlcnkubG9jYXRpb24udjEuTmVhcmJ5RHJpdmVyIi0KGEdldERyaXZlckxvY2F0aW9uUmVxdWVzdBIRCglkcml2ZXJfaWQYASABKAkiUwoZR2V0RHJpdmVyTG9jYXRpb25SZXNwb25zZRI2Cghsb2NhdGlvbhgBIAEoCzIkLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkRyaXZlckxvY2F0aW9uImkKGldhdGNoRHJpdmVyTG9jYXRpb25SZXF1ZXN0EhEKCWRyaXZlcl9pZBgBIAEoCRI4ChVtaW5faW50ZXJ2YWxfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVQobV2F0Y2hEcml2ZXJMb2NhdGlvblJlc3BvbnNlEjYKCGxvY2F0aW9uGAEgASgLMiQuZGVsaXZlcnkubG9jYXRpb24udjEuRHJpdmVyTG9jYXRpb24iTgoURm9sbG93RHJpdmVyc1JlcXVlc3QSGQoRZm9sbG93X2RyaXZlcl9pZHMYASADKAkSGwoTdW5mb2xsb3dfZHJpdmVyX2lkcxgCIAMoCSJsChVGb2xsb3dEcml2ZXJzUmVzcG9uc2USNwoJbG9jYXRpb25zGAEgAygLMiQuZGVsaXZlcnkubG9jYXRpb24udjEuRHJpdmVyTG9jYXRpb24SGgoSdW5rbm93bl9kcml2ZXJfaWRzGAIgAygJIocBCg9HZXRGbGVldFJlcXVlc3QSLgoKc291dGhfd2VzdBgBIAEoCzIaLmRlbGl2ZXJ5LmNvbW1vbi52MS5MYXRMbmcSLgoKbm9ydGhfZWFzdBgCIAEoCzIaLmRlbGl2ZXJ5LmNvbW1vbi52MS5MYXRMbmcSFAoMbWF4X2NvdXJpZXJzGAMgASgFIlsKEEdldEZsZWV0UmVzcG9uc2USNAoIY291cmllcnMYASADKAsyIi5kZWxpdmVyeS5sb2NhdGlvbi52MS5GbGVldENvdXJpZXISEQoJdHJ1bmNhdGVkGAIgASgIMpUHCg9Mb2NhdGlvblNlcnZpY2USbwoOU3RyZWFtTG9jYXRpb24SKy5kZWxpdmVyeS5sb2NhdGlvbi52MS5TdHJlYW1Mb2NhdGlvblJlcXVlc3QaLC5kZWxpdmVyeS5sb2NhdGlvbi52MS5TdHJlYW1Mb2NhdGlvblJlc3BvbnNlKAEwARJuCg9SZXBvcnRMb2NhdGlvbnMSLC5kZWxpdmVyeS5sb2NhdGlvbi52MS5SZXBvcnRMb2NhdGlvbnNSZXF1ZXN0Gi0uZGVsaXZlcnkubG9jYXRpb24udjEuUmVwb3J0TG9jYXRpb25zUmVzcG9uc2USbgoPU2V0QXZhaWxhYmlsaXR5EiwuZGVsaXZlcnkubG9jYXRpb24udjEuU2V0QXZhaWxhYmlsaXR5UmVxdWVzdBotLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLlNldEF2YWlsYWJpbGl0eVJlc3BvbnNlEnQKEUZpbmROZWFyYnlEcml2ZXJzEi4uZGVsaXZlcnkubG9jYXRpb24udjEuRmluZE5lYXJieURyaXZlcnNSZXF1ZXN0Gi8uZGVsaXZlcnkubG9jYXRpb24udjEuRmluZE5lYXJieURyaXZlcnNSZXNwb25zZRJ0ChFHZXREcml2ZXJMb2NhdGlvbhIuLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkdldERyaXZlckxvY2F0aW9uUmVxdWVzdBovLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkdldERyaXZlckxvY2F0aW9uUmVzcG9uc2USfAoTV2F0Y2hEcml2ZXJMb2NhdGlvbhIwLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLldhdGNoRHJpdmVyTG9jYXRpb25SZXF1ZXN0GjEuZGVsaXZlcnkubG9jYXRpb24udjEuV2F0Y2hEcml2ZXJMb2NhdGlvblJlc3BvbnNlMAESbAoNRm9sbG93RHJpdmVycxIqLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkZvbGxvd0RyaXZlcnNSZXF1ZXN0GisuZGVsaXZlcnkubG9jYXRpb24udjEuRm9sbG93RHJpdmVyc1Jlc3BvbnNlKAEwARJZCghHZXRGbGVldBIlLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkdldEZsZWV0UmVxdWVzdBomLmRlbGl2ZXJ5LmxvY2F0aW9uLnYxLkdldEZsZWV0UmVzcG9uc2ViBnByb3RvMw", [file_delivery_common_v1_common, file_delivery_location_v1_location, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A message of the courier's live location stream.
@@ -460,6 +460,72 @@ export const FollowDriversResponseSchema: GenMessage<FollowDriversResponse> = /*
   messageDesc(file_delivery_location_v1_location_service, 13);
 
 /**
+ * The request of LocationService.GetFleet.
+ *
+ * @generated from message delivery.location.v1.GetFleetRequest
+ */
+export type GetFleetRequest = Message<"delivery.location.v1.GetFleetRequest"> & {
+  /**
+   * The south-west corner of the box: its lowest latitude and longitude.
+   *
+   * @generated from field: delivery.common.v1.LatLng south_west = 1;
+   */
+  southWest?: LatLng | undefined;
+
+  /**
+   * The north-east corner of the box: its highest latitude and longitude.
+   * Both must be greater than the south-west corner's; a view across the
+   * antimeridian is asked for as two boxes.
+   *
+   * @generated from field: delivery.common.v1.LatLng north_east = 2;
+   */
+  northEast?: LatLng | undefined;
+
+  /**
+   * The greatest number of couriers to return, at most 2000; 0 means 500.
+   *
+   * @generated from field: int32 max_couriers = 3;
+   */
+  maxCouriers: number;
+};
+
+/**
+ * Describes the message delivery.location.v1.GetFleetRequest.
+ * Use `create(GetFleetRequestSchema)` to create a new message.
+ */
+export const GetFleetRequestSchema: GenMessage<GetFleetRequest> = /*@__PURE__*/
+  messageDesc(file_delivery_location_v1_location_service, 14);
+
+/**
+ * The response of LocationService.GetFleet.
+ *
+ * @generated from message delivery.location.v1.GetFleetResponse
+ */
+export type GetFleetResponse = Message<"delivery.location.v1.GetFleetResponse"> & {
+  /**
+   * The couriers inside the box, nearest its centre first.
+   *
+   * @generated from field: repeated delivery.location.v1.FleetCourier couriers = 1;
+   */
+  couriers: FleetCourier[];
+
+  /**
+   * Whether the box may hold couriers that were not returned: ask for more,
+   * or for a smaller box.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message delivery.location.v1.GetFleetResponse.
+ * Use `create(GetFleetResponseSchema)` to create a new message.
+ */
+export const GetFleetResponseSchema: GenMessage<GetFleetResponse> = /*@__PURE__*/
+  messageDesc(file_delivery_location_v1_location_service, 15);
+
+/**
  * Ingests courier positions and answers where couriers are.
  *
  * @generated from service delivery.location.v1.LocationService
@@ -556,6 +622,26 @@ export const LocationService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof FollowDriversRequestSchema;
     output: typeof FollowDriversResponseSchema;
+  },
+  /**
+   * Returns the couriers inside a box, for an operator's fleet map: the
+   * available and busy couriers of the nearby-driver index (offline couriers,
+   * and couriers whose last fix is older than the presence time-to-live, are
+   * not in it), nearest the box's centre first, at most max_couriers of them.
+   * The box is required and bounded, so one call reads a city, never the
+   * world. Admin only. Returns INVALID_ARGUMENT for a missing corner, corners
+   * out of range or in the wrong order, a box more than 50 km from corner to
+   * corner or reaching beyond latitude 85, or max_couriers outside 0 to 2000;
+   * PERMISSION_DENIED for every other role; and RESOURCE_EXHAUSTED (reason
+   * FLEET_RATE_LIMITED, its retry_after_ms metadata saying when to ask again)
+   * after 60 calls by the same caller within a minute.
+   *
+   * @generated from rpc delivery.location.v1.LocationService.GetFleet
+   */
+  getFleet: {
+    methodKind: "unary";
+    input: typeof GetFleetRequestSchema;
+    output: typeof GetFleetResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_delivery_location_v1_location_service, 0);
