@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter
 
 from mesh.auth import SessionStore
@@ -25,6 +24,7 @@ from mesh.health_watch import StoreWatch, store_probes
 from mesh.interceptors import CallGate, MeshInterceptor
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsEndpoint, new_registry
+from mesh.reflection import enable_reflection
 from mesh.settings import ServerSettings, Settings, env_int, split_listen, worker_index
 from mesh.stores import Stores, open_stores
 from mesh.validation import ValidationInterceptor
@@ -274,14 +274,8 @@ def build_grpc_server(
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
     names = tuple(b.name for b in bindings)
-    reflection.enable_server_reflection(
-        (
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    # v1 and v1alpha, with the contracts' comments (see mesh/reflection.py).
+    enable_reflection(names, server)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")

@@ -1,5 +1,9 @@
 """Generate the Python gRPC code in gen/ from protos/, or check that gen/ is up to date.
 
+Besides the modules, gen/delivery/descriptors.binpb holds every contract as a FileDescriptorSet
+with its imports and source info (the comments), which server reflection serves: the modules'
+own descriptors carry no comments.
+
 Usage, from anywhere:
 
     python scripts/gen_protos.py           # regenerate gen/
@@ -21,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
 GEN_DIR = ROOT / "gen"
 IGNORED_DIRS = frozenset({"__pycache__"})
+#: The FileDescriptorSet reflection serves, relative to gen/ (package ``delivery``).
+DESCRIPTOR_SET = Path("delivery") / "descriptors.binpb"
 
 
 def well_known_include() -> Path:
@@ -34,10 +40,12 @@ def proto_files() -> list[str]:
 
 
 def generate(out_dir: Path) -> None:
-    """Run protoc over every proto into out_dir and add the package __init__.py files."""
+    """Run protoc over every proto into out_dir, with the descriptor set, and add the package
+    __init__.py files."""
     files = proto_files()
     if not files:
         raise SystemExit(f"no .proto files under {PROTO_DIR}")
+    (out_dir / DESCRIPTOR_SET).parent.mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
@@ -45,6 +53,9 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={out_dir / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
         *(str(PROTO_DIR / name) for name in files),
     ]
     if protoc.main(args) != 0:
