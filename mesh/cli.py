@@ -1,14 +1,16 @@
-"""The ``delivery`` command: run the whole mesh, one service, or the migrations."""
+"""The ``delivery`` command: run the whole mesh, one service, the migrations, or make an admin."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -272,6 +274,35 @@ class Mesh:
             await task
 
 
+#: The file in ``--data-dir`` where ``delivery up`` leaves shell variables for the running mesh.
+ENV_FILE = "mesh.env"
+
+
+def env_file_text(addresses: dict[str, str], database_url: str, env: dict[str, str]) -> str:
+    """The shell variables of a running mesh, for ``source``: ``ORDER=127.0.0.1:50051`` and so
+    on for each service, ``DATABASE_URL`` (unmasked: the file is the owner's only), and
+    ``<SERVICE>_METRICS`` for each service given a fixed metrics address."""
+    lines = [
+        "# The delivery mesh that `delivery up` runs; `source` this file to reach it (see",
+        "# docs/operations.md). Removed when the mesh stops.",
+        *(f"{name.upper()}={shlex.quote(address)}" for name, address in addresses.items()),
+        f"DATABASE_URL={shlex.quote(database_url)}",
+    ]
+    for name in addresses:
+        metrics = env.get(f"{PREFIX}{name.upper()}_METRICS_LISTEN", "")
+        if metrics and split_listen(metrics)[1]:
+            lines.append(f"{name.upper()}_METRICS={shlex.quote(metrics)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_env_file(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path``, readable by its owner only (it holds the database URL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+
+
 def _addresses(base_port: int, host: str) -> dict[str, str]:
     if base_port == 0:
         return {name: f"{host}:{free_port()}" for name in SERVICES}
@@ -322,16 +353,20 @@ async def _run_mesh(
         asyncio.create_task(mesh.all_ready.wait()),
     ]
     exit_code = 0
+    env_file = Path(args.data_dir) / ENV_FILE
     try:
         mesh.start()
         await asyncio.wait(waits, timeout=args.start_timeout, return_when="FIRST_COMPLETED")
         if mesh.all_ready.is_set() and not stop.is_set() and not mesh.failed.is_set():
+            write_env_file(env_file, env_file_text(addresses, database_url, env))
             print("\nthe delivery mesh is up (Ctrl-C stops it):", flush=True)
             for child in mesh.children.values():
                 kind = "gRPC-web + pages" if child.name == "edge" else "gRPC"
                 print(f"  {child.name:<9} {child.address:<22} {kind}", flush=True)
             print(
-                f"  postgres  {masked_url(database_url)}\n  redis     {masked_url(redis_url)}\n",
+                f"  postgres  {masked_url(database_url)}\n  redis     {masked_url(redis_url)}\n"
+                f"  shell     source {shlex.quote(str(env_file))}"
+                "   (ORDER, LOCATION, ... for grpcurl: docs/operations.md)\n",
                 flush=True,
             )
             await asyncio.wait(waits[:2], return_when="FIRST_COMPLETED")
@@ -349,6 +384,7 @@ async def _run_mesh(
     finally:
         for task in waits:
             task.cancel()
+        env_file.unlink(missing_ok=True)
         await mesh.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -400,6 +436,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_create(args: argparse.Namespace) -> int:
+    """Creates an admin account (SignUp cannot), or confirms that it exists."""
+    from mesh.errors import DomainError
+    from order_svc.admins import create_admin
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password for the new admin: ")
+        if getpass.getpass("the same again: ") != password:
+            print("delivery admin create: the passwords differ", file=sys.stderr)
+            return 1
+    url = args.database_url or Settings.from_env("order").stores.database_url
+    try:
+        user, created = asyncio.run(
+            create_admin(url, email=args.email, name=args.name, password=password)
+        )
+    except DomainError as error:
+        print(f"delivery admin create: {error.message}", file=sys.stderr)
+        return 1
+    if created:
+        print(f"created admin {user.email} ({user.id}); sign in with AccountService/Login")
+    else:
+        print(f"{user.email} is an admin already ({user.id}); nothing changed, password included")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Runs one service in the foreground, as ``python -m <service>`` does (location_svc as a
     supervisor of ``DELIVERY_LOCATION_WORKERS`` processes when that is more than one)."""
@@ -431,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply pending SQL migrations (safe to repeat)")
     mig.add_argument("--database-url", help="default: DELIVERY_DATABASE_URL")
     mig.set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser("admin", help="operator accounts")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_sub.add_parser(
+        "create",
+        help="create an admin account in the database (admins cannot sign up); safe to repeat",
+    )
+    create.add_argument("--email", required=True, help="the admin's email, used to sign in")
+    create.add_argument("--name", required=True, help="the admin's display name")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of prompting",
+    )
+    create.add_argument(
+        "--database-url",
+        help="default: DELIVERY_DATABASE_URL (`delivery up` writes DATABASE_URL to its mesh.env)",
+    )
+    create.set_defaults(func=cmd_admin_create)
 
     serve = sub.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=sorted(SERVICES))
