@@ -5,8 +5,10 @@ The pages are TypeScript under ``edge/web/src`` using a real gRPC-web client
 from ``protos/`` into ``edge/web/gen``. esbuild bundles each page's entry
 point (``edge/web/src/pages/<name>.ts``) into ``edge/static/<name>.js`` (and
 ``<name>.css`` when the page imports CSS); the files under ``edge/web/public``
-are copied beside them. Both ``edge/web/gen`` and ``edge/static`` are
-committed, so running the mesh needs no Node.
+are copied beside them, and the maps' streets are written beside them too
+(``roads.json``: GeoJSON made from tracking_svc's road network of central
+Helsinki, so the maps load no tiles from the internet). Both ``edge/web/gen``
+and ``edge/static`` are committed, so running the mesh needs no Node.
 
 Usage, from anywhere, after ``npm ci`` at the repository root:
 
@@ -17,7 +19,9 @@ Usage, from anywhere, after ``npm ci`` at the repository root:
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.resources
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +39,9 @@ PAGES_DIR = WEB_DIR / "src" / "pages"
 PUBLIC_DIR = WEB_DIR / "public"
 STATIC_DIR = ROOT / "edge" / "static"
 BIN = ROOT / "node_modules" / ".bin"
+ROADS = ROOT / "tracking_svc" / "data" / "helsinki_roads.json.gz"
+#: Decimal places of the streets' coordinates: 1e-5 degrees is about a metre.
+ROAD_DIGITS = 5
 
 
 def generate(out_dir: Path) -> None:
@@ -85,6 +92,71 @@ def bundle(gen_dir: Path, out_dir: Path) -> None:
                 target = out_dir / path.relative_to(PUBLIC_DIR)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
+    (out_dir / "roads.json").write_text(road_map(ROADS), encoding="utf-8")
+
+
+def road_map(source: Path) -> str:
+    """The streets of a road network file as compact GeoJSON, the same bytes every time.
+
+    Each street (highway class and name) is one MultiLineString; its two-way edges count once
+    and its segments are chained into as few lines as a greedy walk finds, so the file stays
+    small (a point per junction or bend, a metre's precision).
+    """
+    data = json.loads(gzip.decompress(source.read_bytes()))
+    node_at = {n[0]: (round(n[2], ROAD_DIGITS), round(n[1], ROAD_DIGITS)) for n in data["nodes"]}
+    field = {name: i for i, name in enumerate(data["edge_fields"])}
+    streets: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for edge in data["edges"]:
+        a, b = sorted((edge[field["from"]], edge[field["to"]]))
+        if a != b:
+            highway = str(edge[field["highway"]]).removesuffix("_link")
+            streets.setdefault((highway, edge[field["name"]] or ""), set()).add((a, b))
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"highway": highway, "name": name},
+            "geometry": {
+                "type": "MultiLineString",
+                "coordinates": [[list(node_at[n]) for n in chain] for chain in _chains(segments)],
+            },
+        }
+        for (highway, name), segments in sorted(streets.items())
+    ]
+    collection = {
+        "type": "FeatureCollection",
+        "attribution": data.get("attribution", ""),
+        "license": data.get("license", ""),
+        "features": features,
+    }
+    return json.dumps(collection, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def _chains(segments: set[tuple[int, int]]) -> list[list[int]]:
+    """Walks ``segments`` (node pairs) into lines, each segment used once, deterministically."""
+    neighbours: dict[int, list[int]] = {}
+    for a, b in sorted(segments):
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    used: set[tuple[int, int]] = set()
+    chains = []
+    # Line ends first (odd degree), so a street becomes few long lines rather than many stubs.
+    starts = sorted(neighbours, key=lambda n: (len(neighbours[n]) % 2 == 0, n))
+    for start in starts:
+        while True:
+            chain, here = [start], start
+            while True:
+                step = next(
+                    (n for n in neighbours[here] if (min(here, n), max(here, n)) not in used), None
+                )
+                if step is None:
+                    break
+                used.add((min(here, step), max(here, step)))
+                chain.append(step)
+                here = step
+            if len(chain) == 1:
+                break
+            chains.append(chain)
+    return chains
 
 
 def tree(base: Path) -> dict[str, bytes]:
