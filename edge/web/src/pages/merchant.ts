@@ -10,6 +10,7 @@ import { OrderStatus, Role } from "@gen/delivery/common/v1/common_pb";
 import type { User } from "@gen/delivery/order/v1/account_pb";
 import type { MenuItem, Merchant } from "@gen/delivery/order/v1/merchant_pb";
 import { CancelReason, type Order } from "@gen/delivery/order/v1/order_pb";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { mountAccount } from "../lib/account";
 import { busy, byId, field, fill, h, say } from "../lib/dom";
 import { HELSINKI } from "../lib/places";
@@ -176,7 +177,15 @@ function orderCard(o: Order): HTMLLIElement {
           state.orders.set(reply.order.orderId, reply.order);
           renderOrders();
         }
-      }, describeError),
+      }, (err) => {
+        if (ConnectError.from(err).code !== Code.Aborted) return describeError(err);
+        // Changed since the page read it (a courier assigned, another tab): read it again; the
+        // card is drawn anew, so the word goes above the lists.
+        void loadOrders().then(() =>
+          say(ordersAlert, `Order ${shortId(o.orderId)} changed meanwhile; it is shown as it is now. Check it and try again.`, "info"),
+        );
+        return "";
+      }),
     );
     return b;
   };
