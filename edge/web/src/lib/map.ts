@@ -67,7 +67,7 @@ function addGrid(map: L.Map): void {
     const north = Math.min(85, b.getNorth());
     for (let lat = Math.ceil(south / step) * step; lat <= north; lat += step) {
       grid.addLayer(L.polyline([[lat, b.getWest()], [lat, b.getEast()]], line));
-      grid.addLayer(label([lat, b.getWest()], `${lat.toFixed(digits)}°`, "grid-label grid-lat"));
+      grid.addLayer(label([lat, b.getEast()], `${lat.toFixed(digits)}°`, "grid-label grid-lat"));
     }
     for (let lng = Math.ceil(b.getWest() / step) * step; lng <= b.getEast(); lng += step) {
       grid.addLayer(L.polyline([[south, lng], [north, lng]], line));

@@ -137,9 +137,12 @@ function showFleet(found: FleetCourier[]): void {
 
 // --- orders -------------------------------------------------------------------------------
 
+let openOrders: Order[] = [];
+
 async function loadOrders(): Promise<void> {
   try {
     const reply = await orders.listOrders({ pageSize: 100, statuses: OPEN_STATUSES });
+    openOrders = reply.orders;
     showOrders(reply.orders);
     ordersNote = `${reply.orders.length}${reply.nextPageToken ? "+" : ""} open order${reply.orders.length === 1 ? "" : "s"} (the newest 100 on the map)`;
   } catch (err) {
@@ -156,7 +159,10 @@ function showOrders(open: Order[]): void {
     if (!to) continue;
     const stuck = stuckIds.has(o.orderId);
     const title = `Order ${shortId(o.orderId)} · ${statusLabel(o.status)}${o.driverId ? ` · courier ${shortId(o.driverId)}` : " · no courier"}${stuck ? " · stuck" : ""}`;
-    if (from) L.polyline([from, to], { color: stuck ? "#a4262c" : "#1f5fbf", weight: 2, opacity: 0.7, interactive: false }).addTo(orderLayer);
+    if (from) {
+      L.polyline([from, to], { color: stuck ? "#a4262c" : "#1f5fbf", weight: 2, opacity: 0.7, interactive: false }).addTo(orderLayer);
+      pin(from, "shop", `Merchant of order ${shortId(o.orderId)}`, 9).addTo(orderLayer);
+    }
     pin(to, stuck ? "order stuck" : "order", title, 12).bindTooltip(title).addTo(orderLayer);
   }
   fill(
@@ -195,6 +201,8 @@ async function loadStuck(button: HTMLButtonElement | null = null): Promise<void>
   await busy(button, byId("stuck-alert"), async () => {
     const reply = await orders.listStuckOrders({ stuckDuration: { seconds: BigInt(Math.round(minutes * 60)) }, pageSize: 100 });
     stuckIds = new Set(reply.stuckOrders.map((s) => s.order!.orderId));
+    // The map marks stuck orders: drawn again with what is stuck now.
+    showOrders(openOrders);
     fill(
       byId("stuck"),
       reply.stuckOrders.length === 0
