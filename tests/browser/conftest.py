@@ -27,10 +27,14 @@ from tests.integration.marketplace import Market
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
+from tracking_svc.live import LiveRules
 from tracking_svc.server import build_server as build_tracking
+from tracking_svc.settings import TrackingSettings
 
 #: The browser the tests drive; DELIVERY_TEST_CHROMIUM points elsewhere.
 CHROMIUM = os.environ.get("DELIVERY_TEST_CHROMIUM", "/usr/bin/chromium")
+#: How long tracking waits for a courier's next fix before it calls their position stale.
+STALE_AFTER_S = 2.0
 #: The flags the issue asks for: headless, no sandbox (root in a container), nothing fetched.
 CHROMIUM_ARGS = [
     "--headless",
@@ -134,6 +138,8 @@ async def mesh_web(store_settings: StoreSettings, stores: Stores) -> AsyncIterat
             return await build_tracking(
                 s,
                 st,
+                # A courier two seconds silent is stale: the customer page's notice shows soon.
+                tracking=TrackingSettings(live=LiveRules(stale_after_s=STALE_AFTER_S)),
                 location_addr=location_addr,
                 group_start_id="$",
                 consumer_group=f"tracking-{suffix}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import uuid
 from pathlib import Path
 
@@ -184,6 +185,16 @@ async def test_a_customer_orders_by_clicking_and_watches_the_courier_come(
             assert haversine_m(first_lat, first_lng, *DOOR) > 300, seen
             # Drawn where it stands: far from the door at first, on it at the end.
             assert first_px > last_px + 50, seen
+
+            # The phone goes quiet at the door: the page says the position may be out of date.
+            stale = page.locator("#stale")
+            await expect(stale).to_be_visible()
+            await expect(stale).to_contain_text("has not been updated")
+            await expect(page.get_by_test_id("courier-marker")).to_have_class(re.compile("stale"))
+            await shots.take("customer-courier-stale")
+            # A fix again: live once more.
+            await phone.at(*DOOR)
+            await expect(stale).to_be_hidden()
 
             # Handed over with the PIN the page shows the customer.
             await market.orders.CompleteDelivery(

@@ -370,7 +370,6 @@ function apply(w: Watching, u: TrackOrderResponse): void {
         const at = w.courier.getLatLng();
         el.dataset.lat = at.lat.toFixed(6);
         el.dataset.lng = at.lng.toFixed(6);
-        el.classList.toggle("stale", p.stale);
       }
       if (!map.getBounds().pad(-0.1).contains(where)) map.panTo(where);
       break;
@@ -454,6 +453,8 @@ function renderCourier(w: Watching): void {
   } else {
     courier.textContent = "A courier is assigned; waiting for their position…";
   }
+  // Stale by a notice or by the position itself: the marker greys out until fixes resume.
+  w.courier?.getElement()?.classList.toggle("stale", w.stale);
   const stale = byId("stale");
   stale.hidden = final || !w.stale || !w.courier;
   if (!stale.hidden) {
