@@ -1,77 +1,85 @@
-"""gRPC-web to gRPC translation for browsers and mobile web: unary and server-streaming calls."""
+"""gRPC-web to gRPC translation for browsers and mobile web: unary and server-streaming calls of
+the allow-listed RPCs (edge/exposed.py), in the binary, text and JSON codecs."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import logging
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
-from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2
 
-import edge.registry  # noqa: F401 - registers every generated descriptor in the default pool
+from edge.exposed import EXPOSED, Exposed
+from edge.methods import Method, resolve
 from edge.pages import add_page_routes
+from edge.wire import (
+    BINARY,
+    Codec,
+    Refused,
+    body_limit,
+    codec_for,
+    frame,
+    only_message,
+    parse_timeout,
+    too_large,
+    trailer,
+    unbase64,
+)
+from mesh.auth import AUTHORIZATION, bearer_token, is_service_token
+from mesh.errors import DomainError, Unauthenticated, to_status_proto
 
 logger = logging.getLogger(__name__)
 
-_GRPC_WEB = "application/grpc-web"
-_GRPC_WEB_TEXT = "application/grpc-web-text"
-_TRAILER_FLAG = 0x80
 # Request headers forwarded to the services as call metadata.
-_FORWARDED = ("authorization", "x-request-id", "x-user-agent")
-_CORS_HEADERS = "content-type,authorization,x-grpc-web,x-user-agent,grpc-timeout,x-request-id"
-_EXPOSED = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_FORWARDED = (AUTHORIZATION, "x-request-id", "x-user-agent")
+_CORS_HEADERS = (
+    "content-type,authorization,x-grpc-web,x-user-agent,grpc-timeout,x-request-id,"
+    "grpc-accept-encoding"
+)
+_EXPOSED_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
+# The edge answers health checks for itself: load balancers ask whether it is serving.
+_HEALTH = Method(
+    exposed=Exposed("grpc.health.v1.Health/Check", "the edge's own health"),
+    path="/grpc.health.v1.Health/Check",
+    package="grpc.health.v1",
+    streaming=False,
+    request_class=health_pb2.HealthCheckRequest,
+    response_class=health_pb2.HealthCheckResponse,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
-    """Where each package's services live and what the edge allows."""
+    """Where each package's services live and what the edge lets through."""
 
-    #: Proto package prefix (``delivery.order.v1``) to backend address.
+    #: Proto package (``delivery.order.v1``) to backend address.
     routes: Mapping[str, str]
-    #: ``Access-Control-Allow-Origin`` value.
-    allow_origin: str = "*"
+    #: Origins (``https://shop.example``) granted CORS; none by default, as the edge's own
+    #: pages are same-origin. Never ``*``.
+    allow_origins: frozenset[str] = frozenset()
     #: Deadline for unary calls that carry no ``grpc-timeout``, in seconds.
     default_timeout_s: float = 30.0
+    #: Largest request message taken, in bytes; a larger one is RESOURCE_EXHAUSTED.
+    max_request_bytes: int = 1024 * 1024
+    #: The RPCs browsers may call.
+    exposed: tuple[Exposed, ...] = EXPOSED
+
+    def __post_init__(self) -> None:
+        if "*" in self.allow_origins:
+            raise ValueError("list the allowed origins one by one: '*' is never granted")
 
 
-def _frame(flag: int, payload: bytes) -> bytes:
-    return struct.pack(">BI", flag, len(payload)) + payload
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A call that passed every check at the edge, ready to forward."""
 
-
-def _trailer(code: grpc.StatusCode, message: str, details: bytes | None = None) -> bytes:
-    lines = [f"grpc-status:{code.value[0]}", f"grpc-message:{_percent(message)}"]
-    if details:
-        lines.append("grpc-status-details-bin:" + base64.b64encode(details).decode().rstrip("="))
-    return _frame(_TRAILER_FLAG, ("\r\n".join(lines) + "\r\n").encode())
-
-
-def _percent(text: str) -> str:
-    # grpc-message is percent-encoded (the gRPC HTTP/2 spec) so any text survives a header.
-    return "".join(c if 0x20 <= ord(c) < 0x7F and c != "%" else f"%{ord(c):02X}" for c in text)
-
-
-def _parse_timeout(value: str | None) -> float | None:
-    if not value or value[-1] not in _TIMEOUT_UNITS:
-        return None
-    try:
-        return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
-    except ValueError:
-        return None
-
-
-def _first_message(body: bytes) -> bytes:
-    if len(body) < 5:
-        raise ValueError("the body holds no gRPC-web frame")
-    flag, length = struct.unpack(">BI", body[:5])
-    if flag & _TRAILER_FLAG or len(body) < 5 + length:
-        raise ValueError("the first gRPC-web frame is not a whole message")
-    return body[5 : 5 + length]
+    method: Method
+    backend: str
+    payload: bytes
+    metadata: tuple[tuple[str, str], ...]
+    timeout: float | None
 
 
 class Edge:
@@ -79,6 +87,7 @@ class Edge:
 
     def __init__(self, config: EdgeConfig) -> None:
         self._config = config
+        self._methods = resolve(config.exposed)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.serving = True
 
@@ -94,14 +103,26 @@ class Edge:
         for channel in self._channels.values():
             await channel.close()
 
-    def _cors(self, response: web.StreamResponse) -> None:
-        response.headers["Access-Control-Allow-Origin"] = self._config.allow_origin
-        response.headers["Access-Control-Expose-Headers"] = _EXPOSED
+    def _granted(self, request: web.Request) -> str | None:
+        origin = request.headers.get("origin")
+        return origin if origin in self._config.allow_origins else None
+
+    def _cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        # Caches must keep answers to different origins apart: the grant depends on it.
+        response.headers["Vary"] = "Origin"
+        origin = self._granted(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
 
     async def preflight(self, request: web.Request) -> web.Response:
-        """Answers a CORS preflight for any gRPC-web path."""
+        """Answers a CORS preflight: a grant for configured origins only."""
+        if self._granted(request) is None:
+            return web.Response(
+                status=403, text="this origin is not allowed\n", headers={"Vary": "Origin"}
+            )
         response = web.Response(status=204)
-        self._cors(response)
+        self._cors(request, response)
         response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = _CORS_HEADERS
         response.headers["Access-Control-Max-Age"] = "86400"
@@ -113,94 +134,163 @@ class Edge:
             text="ok\n" if self.serving else "stopping\n", status=200 if self.serving else 503
         )
 
-    def _backend(self, service: str) -> str | None:
-        package = service.rsplit(".", 1)[0]
-        return self._config.routes.get(package)
-
     async def call(self, request: web.Request) -> web.StreamResponse:
-        """Translates one gRPC-web call into a gRPC call and streams the answer back."""
-        service, method = request.match_info["service"], request.match_info["method"]
-        content_type = request.headers.get("content-type", "")
-        text = content_type.startswith(_GRPC_WEB_TEXT)
-        if not content_type.startswith(_GRPC_WEB):
-            return web.Response(status=415, text="expected application/grpc-web[-text]\n")
-        response = web.StreamResponse(status=200)
-        response.content_type = _GRPC_WEB_TEXT if text else _GRPC_WEB + "+proto"
-        self._cors(response)
-        await response.prepare(request)
-
-        async def send(chunk: bytes) -> None:
-            await response.write(base64.b64encode(chunk) if text else chunk)
-
-        body = await request.read()
+        """Translates one gRPC-web call into a gRPC call and streams the answer back; anything
+        the edge refuses is answered with a gRPC status and never forwarded."""
         try:
-            payload = _first_message(base64.b64decode(body) if text else body)
-        except ValueError as exc:
-            await send(_trailer(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-            return response
-        if service == "grpc.health.v1.Health" and method == "Check":
-            # The edge answers for itself: 1 = SERVING, 2 = NOT_SERVING (HealthCheckResponse).
-            await send(_frame(0, bytes([0x08, 1 if self.serving else 2])))
-            await send(_trailer(grpc.StatusCode.OK, ""))
-            return response
+            codec = codec_for(request.headers.get("content-type", ""))
+        except Refused as refusal:
+            return await self._refuse(request, BINARY, refusal)
         try:
-            descriptor = descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
-        except KeyError:
-            descriptor = None
-        backend = self._backend(service)
-        if descriptor is None or backend is None:
-            await send(
-                _trailer(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {service}/{method}")
+            admitted = await self._admit(request, codec)
+        except DomainError as refusal:
+            return await self._refuse(request, codec, refusal)
+        if admitted.method is _HEALTH:
+            reply = health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.SERVING
+                if self.serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            return response
-        if descriptor.client_streaming:
-            await send(
-                _trailer(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "gRPC-web cannot carry client streams; use the unary or server-streaming form",
-                )
+            response = await self._start(request, codec)
+            await response.write(
+                codec.encode(frame(_HEALTH.reply(codec, reply.SerializeToString())))
             )
+            await response.write(codec.encode(trailer(grpc.StatusCode.OK, "")))
             return response
-        metadata = tuple(
-            (key, request.headers[key]) for key in _FORWARDED if key in request.headers
+        return await self._forward(request, codec, admitted)
+
+    async def _admit(self, request: web.Request, codec: Codec) -> _Admitted:
+        """Every check of a call, in the order of cost; raises the refusal to answer."""
+        name = f"{request.match_info['service']}/{request.match_info['method']}"
+        method = _HEALTH if name == _HEALTH.exposed.method else self._methods.get(name)
+        if method is None:
+            raise Refused(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{name[:200]} is not served to browsers",
+                reason="METHOD_NOT_EXPOSED",
+            )
+        backend = "" if method is _HEALTH else self._config.routes.get(method.package)
+        if backend is None:
+            raise Refused(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"the edge has no route to the service of {name}",
+                reason="NO_ROUTE",
+            )
+        metadata = _metadata(request)
+        timeout = parse_timeout(request.headers.get("grpc-timeout"))
+        if timeout is None and not method.streaming:
+            timeout = self._config.default_timeout_s
+        body = await self._read_body(request, codec)
+        message = only_message(
+            unbase64(body) if codec.text else body, self._config.max_request_bytes
         )
-        if request.headers.get("authorization", "").lower().startswith("bearer svc."):
-            # Service identities are for the mesh's insides; a browser never carries one.
-            await send(
-                _trailer(grpc.StatusCode.UNAUTHENTICATED, "service tokens are not accepted here")
+        return _Admitted(method, backend, method.request(codec, message), metadata, timeout)
+
+    async def _read_body(self, request: web.Request, codec: Codec) -> bytes:
+        # Read here, bounded, rather than by aiohttp's client_max_size, whose 413 no gRPC-web
+        # client can read as a status.
+        limit = body_limit(self._config.max_request_bytes, codec)
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise too_large(self._config.max_request_bytes, f"the body is {declared} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(self._config.max_request_bytes, f"the body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _start(self, request: web.Request, codec: Codec) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_type = codec.content_type
+        self._cors(request, response)
+        await response.prepare(request)
+        return response
+
+    async def _refuse(
+        self, request: web.Request, codec: Codec, refusal: DomainError
+    ) -> web.StreamResponse:
+        status = to_status_proto(refusal)
+        response = await self._start(request, codec)
+        await response.write(
+            codec.encode(trailer(refusal.code, refusal.message, status.SerializeToString()))
+        )
+        return response
+
+    async def _forward(
+        self, request: web.Request, codec: Codec, admitted: _Admitted
+    ) -> web.StreamResponse:
+        method = admitted.method
+        response = await self._start(request, codec)
+        channel = self._channel(admitted.backend)
+        if method.streaming:
+            call: grpc.aio.Call = channel.unary_stream(method.path)(
+                admitted.payload, metadata=admitted.metadata, timeout=admitted.timeout
             )
-            return response
-        timeout = _parse_timeout(request.headers.get("grpc-timeout"))
-        path = f"/{service}/{method}"
-        channel = self._channel(backend)
+        else:
+            call = channel.unary_unary(method.path)(
+                admitted.payload, metadata=admitted.metadata, timeout=admitted.timeout
+            )
         try:
-            if descriptor.server_streaming:
-                call = channel.unary_stream(path)(payload, metadata=metadata, timeout=timeout)
-                async for message in call:
-                    await send(_frame(0, message))
+            if method.streaming:
+                async for message in call:  # type: ignore[attr-defined]
+                    await response.write(codec.encode(frame(method.reply(codec, message))))
             else:
-                message = await channel.unary_unary(path)(
-                    payload, metadata=metadata, timeout=timeout or self._config.default_timeout_s
-                )
-                await send(_frame(0, message))
+                message = await call  # type: ignore[misc]
+                await response.write(codec.encode(frame(method.reply(codec, message))))
         except grpc.aio.AioRpcError as err:
             details = None
             for key, value in err.trailing_metadata() or ():
                 if key == "grpc-status-details-bin":
                     details = value if isinstance(value, bytes) else value.encode()
-            await send(_trailer(err.code(), err.details() or "", details))
+            await response.write(codec.encode(trailer(err.code(), err.details() or "", details)))
             return response
-        except (ConnectionResetError, asyncio.CancelledError):
-            # The browser went away; the gRPC call is cancelled with this task.
-            raise
-        await send(_trailer(grpc.StatusCode.OK, ""))
+        finally:
+            # The browser went away (a write failed, or aiohttp cancelled this handler when the
+            # connection closed): the service stops working for nobody.
+            if not call.done():
+                call.cancel()
+        await response.write(codec.encode(trailer(grpc.StatusCode.OK, "")))
         return response
+
+
+def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The call metadata to forward; a service token is refused however it is written."""
+    authorizations = request.headers.getall(AUTHORIZATION, [])
+    if len(authorizations) > 1:
+        raise Unauthenticated(
+            "send one authorization header, not several", reason="MALFORMED_AUTHORIZATION"
+        )
+    # The services' own parsing, so that no spelling reads as a session here and as a service
+    # identity there. Service identities are for the mesh's insides; a browser never has one.
+    token = bearer_token(tuple((AUTHORIZATION, value) for value in authorizations))
+    if token is not None and is_service_token(token):
+        raise Unauthenticated(
+            "service tokens are not accepted from browsers", reason="SERVICE_TOKEN_REFUSED"
+        )
+    metadata = []
+    for key in _FORWARDED:
+        value = request.headers.get(key)
+        if value is None:
+            continue
+        if not value.isascii() or not value.isprintable():
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the {key} header must be printable ASCII",
+                reason="BAD_HEADER",
+            )
+        metadata.append((key, value))
+    return tuple(metadata)
 
 
 def build_app(config: EdgeConfig) -> tuple[web.Application, Edge]:
     """The aiohttp application of the edge and its handler object."""
     edge = Edge(config)
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    # A handler is cancelled when its browser goes away, so an open server stream whose service
+    # is silent is cancelled upstream too (aiohttp's default since 3.9 is to let it run on).
+    app = web.Application(handler_args={"handler_cancellation": True})
     app.router.add_get("/healthz", edge.healthz)
     add_page_routes(app)
     app.router.add_route("OPTIONS", "/{service}/{method}", edge.preflight)

@@ -6,19 +6,32 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from edge.app import EdgeConfig, build_app
 from mesh.logs import configure_logging
 from mesh.server import announce
-from mesh.settings import Settings, env_str
+from mesh.settings import PREFIX, Settings, env_int, env_positive, env_str
 
 logger = logging.getLogger(__name__)
 
 
-def edge_config(settings: Settings, allow_origin: str = "*") -> EdgeConfig:
-    """Routes each proto package to the service that implements it."""
+def edge_config(settings: Settings, env: Mapping[str, str] | None = None) -> EdgeConfig:
+    """Routes each proto package to the service that implements it; the CORS origins, request
+    cap and unary deadline from ``DELIVERY_EDGE_*``."""
+    env = os.environ if env is None else env
+    if env_str(env, "EDGE_ALLOW_ORIGIN", ""):
+        # The old single value was '*' by default; silently ignoring it would hide a change.
+        raise ValueError(
+            f"{PREFIX}EDGE_ALLOW_ORIGIN is replaced by {PREFIX}EDGE_ALLOW_ORIGINS, a comma-"
+            "separated list of origins ('*' is not accepted)"
+        )
+    origins = env_str(env, "EDGE_ALLOW_ORIGINS", "")
+    max_request_bytes = env_int(env, "EDGE_MAX_REQUEST_BYTES", 1024 * 1024)
+    if max_request_bytes <= 0:
+        raise ValueError(f"{PREFIX}EDGE_MAX_REQUEST_BYTES must be positive")
     peers = settings.peers
     return EdgeConfig(
         routes={
@@ -27,7 +40,9 @@ def edge_config(settings: Settings, allow_origin: str = "*") -> EdgeConfig:
             "delivery.matching.v1": peers.matching_addr,
             "delivery.tracking.v1": peers.tracking_addr,
         },
-        allow_origin=allow_origin,
+        allow_origins=frozenset(o.strip() for o in origins.split(",") if o.strip()),
+        default_timeout_s=env_positive(env, "EDGE_UNARY_TIMEOUT_S", 30.0),
+        max_request_bytes=max_request_bytes,
     )
 
 
@@ -35,7 +50,7 @@ async def main() -> None:
     """Serves until SIGTERM or SIGINT, then drains for the configured grace period."""
     settings = Settings.from_env("edge")
     configure_logging("edge", settings.log_level, settings.log_format)
-    app, edge = build_app(edge_config(settings, env_str(os.environ, "EDGE_ALLOW_ORIGIN", "*")))
+    app, edge = build_app(edge_config(settings))
     # The mesh's own access logging is enough; aiohttp's per-request line is off.
     runner = web.AppRunner(app, shutdown_timeout=settings.server.grace_s, access_log=None)
     await runner.setup()

@@ -117,6 +117,12 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
     return None
 
 
+def is_service_token(token: str) -> bool:
+    """Whether ``token`` claims a service identity (valid or not); what a bearer token is, as
+    :meth:`SessionStore.authenticate` tells them apart."""
+    return token.startswith(_SERVICE_PREFIX)
+
+
 def service_token(secret: str, service: str) -> str:
     """The bearer token service ``service`` presents to its peers."""
     mac = hmac.new(secret.encode(), service.encode(), hashlib.sha256).hexdigest()
@@ -172,7 +178,7 @@ class SessionStore:
         With ``expiry``, the session's expiry is read in the same round trip (for streams,
         which outlive it otherwise).
         """
-        if token.startswith(_SERVICE_PREFIX):
+        if is_service_token(token):
             _, _, rest = token.partition(".")
             service, _, _ = rest.partition(".")
             if self._service_secret and service in SERVICES:

@@ -1,0 +1,440 @@
+"""What the edge refuses, it refuses itself: methods off the allow-list, service tokens, bad
+bodies, oversized requests, bad timeouts and a courier override all end in a deliberate gRPC
+status with no upstream call, which a real gRPC server behind the edge records. Also: deadlines
+reach the service, a browser that goes away cancels its stream upstream, and CORS grants only
+configured origins."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+
+import aiohttp
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+
+from delivery.common.v1 import common_pb2
+from delivery.location.v1 import location_service_pb2
+from delivery.tracking.v1 import tracking_service_pb2
+from edge.app import EdgeConfig
+from edge.exposed import BY_METHOD, NEVER_EXPOSED
+from tests.integration.edge_harness import (
+    PACKAGES,
+    SILENT,
+    Upstream,
+    call,
+    framed,
+    post,
+    recording_upstream,
+    serve_edge,
+)
+
+#: How long anything may take before a test gives up.
+BOUND_S = 30.0
+GET_ME = "/delivery.order.v1.AccountService/GetMe"
+TRACK = "/delivery.tracking.v1.TrackingService/TrackOrder"
+SET_AVAILABILITY = "/delivery.location.v1.LocationService/SetAvailability"
+SHOP = "https://shop.example"
+MAX_BYTES = 1024
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    async with recording_upstream() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+async def edge(upstream: Upstream) -> AsyncIterator[str]:
+    config = EdgeConfig(
+        routes=upstream.routes(),
+        allow_origins=frozenset({SHOP}),
+        default_timeout_s=3600.0,
+        max_request_bytes=MAX_BYTES,
+    )
+    async with serve_edge(config) as url:
+        yield url
+
+
+def _unexposed() -> list[str]:
+    """Every method of the contracts' services that is not on the allow-list, and a few more."""
+    pool = descriptor_pool.Default()
+    names = set(NEVER_EXPOSED)
+    for name in PACKAGES:
+        for service in (
+            "AccountService",
+            "MerchantService",
+            "OrderService",
+            "LocationService",
+            "MatchingService",
+            "TrackingService",
+        ):
+            try:
+                descriptor = pool.FindServiceByName(f"{name}.{service}")
+            except KeyError:
+                continue
+            names |= {f"{descriptor.full_name}/{m.name}" for m in descriptor.methods}
+    names -= set(BY_METHOD)
+    names |= {
+        "delivery.order.v1.OrderService/Nope",
+        "grpc.health.v1.Health/Watch",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+    return sorted(names)
+
+
+async def test_allowed_calls_reach_the_service_with_their_deadline(
+    edge: str, upstream: Upstream
+) -> None:
+    answer = await call(
+        edge, GET_ME, b"", headers={"authorization": "Bearer abc", "x-request-id": "r1"}
+    )
+    assert answer.code is grpc.StatusCode.OK
+    timed = await call(edge, GET_ME, b"", headers={"grpc-timeout": "5S"})
+    assert timed.code is grpc.StatusCode.OK
+    assert upstream.calls == [GET_ME, GET_ME]
+    assert upstream.metadata[0]["authorization"] == "Bearer abc"
+    assert upstream.metadata[0]["x-request-id"] == "r1"
+    # A unary call without grpc-timeout gets the edge's default (an hour here), with one the
+    # deadline it asked for (gRPC rounds a deadline up a little on the wire).
+    first, second = upstream.remaining
+    assert first is not None and 60 < first <= 3600
+    assert second is not None and 0 < second <= 6
+
+
+async def test_server_streams_get_a_deadline_only_when_asked_and_end_at_it(
+    edge: str, upstream: Upstream
+) -> None:
+    request = tracking_service_pb2.TrackOrderRequest(order_id=SILENT).SerializeToString()
+    answer = await call(edge, TRACK, request, headers={"grpc-timeout": "300m"})
+    assert answer.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    remaining = upstream.remaining[0]
+    assert remaining is not None and remaining <= 1
+    upstream.stream_started.clear()
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            edge + TRACK,
+            data=framed(request),
+            headers={"content-type": "application/grpc-web+proto"},
+        )
+        await asyncio.wait_for(upstream.stream_started.wait(), BOUND_S)
+        assert upstream.remaining[1] is None, "a stream without grpc-timeout has no deadline"
+        response.close()
+
+
+async def test_methods_off_the_allow_list_are_unimplemented_with_no_upstream_call(
+    edge: str, upstream: Upstream
+) -> None:
+    names = _unexposed()
+    assert "delivery.location.v1.LocationService/FindNearbyDrivers" in names
+    for name in names:
+        answer = await call(edge, f"/{name}", b"", headers={"authorization": "Bearer abc"})
+        assert answer.status == 200
+        assert answer.code is grpc.StatusCode.UNIMPLEMENTED, name
+        assert answer.reason() == "METHOD_NOT_EXPOSED"
+        assert "not served to browsers" in answer.message
+    assert upstream.calls == []
+    # The same edge forwards what is listed: the recorder would have seen the others.
+    assert (await call(edge, GET_ME, b"")).code is grpc.StatusCode.OK
+    assert upstream.calls == [GET_ME]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer svc.matching.0123",
+        "Bearer  svc.matching.0123",
+        "Bearer    svc.matching.0123",
+        "BEARER svc.matching.0123",
+        "bearer svc.matching.0123",
+        "bEaReR svc.matching.0123",
+        "bearer\tsvc.matching.0123",
+        "Bearer\t svc.matching.0123",
+        "svc.matching.0123",
+        "Bearer svc.",
+    ],
+)
+async def test_service_tokens_are_refused_however_written(
+    edge: str, upstream: Upstream, authorization: str
+) -> None:
+    answer = await call(edge, GET_ME, b"", headers={"authorization": authorization})
+    assert answer.code is grpc.StatusCode.UNAUTHENTICATED
+    assert answer.reason() in ("SERVICE_TOKEN_REFUSED", "MALFORMED_AUTHORIZATION")
+    assert upstream.calls == []
+
+
+async def test_two_authorization_headers_are_refused(edge: str, upstream: Upstream) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            edge + GET_ME,
+            data=framed(b""),
+            headers=[
+                ("content-type", "application/grpc-web+proto"),
+                ("authorization", "Bearer abc"),
+                ("authorization", "Bearer svc.matching.0123"),
+            ],
+        ) as response,
+    ):
+        assert b"grpc-status:16" in await response.read()
+    assert upstream.calls == []
+
+
+def _bad_bodies() -> list[tuple[str, bytes, str, grpc.StatusCode, str]]:
+    proto = "application/grpc-web+proto"
+    text = "application/grpc-web-text"
+    json = "application/grpc-web+json"
+    invalid, unimplemented = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED
+    return [
+        ("empty body", b"", proto, invalid, "BAD_FRAMING"),
+        ("3 bytes", b"\x00\x00\x00", proto, invalid, "BAD_FRAMING"),
+        ("frame longer than body", framed(b"abc")[:-1], proto, invalid, "BAD_FRAMING"),
+        (
+            "huge declared length",
+            b"\x00\xff\xff\xff\xff",
+            proto,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "REQUEST_TOO_LARGE",
+        ),
+        ("two messages", framed(b"") + framed(b""), proto, invalid, "BAD_FRAMING"),
+        ("trailing byte", framed(b"") + b"\x00", proto, invalid, "BAD_FRAMING"),
+        ("trailer frame", framed(b"", 0x80), proto, invalid, "BAD_FRAMING"),
+        ("compressed", framed(b"", 0x01), proto, unimplemented, "COMPRESSION_NOT_SUPPORTED"),
+        ("text not base64", b"%%%%", text, invalid, "BAD_FRAMING"),
+        ("text frame short", base64.b64encode(framed(b"ab")[:-1]), text, invalid, "BAD_FRAMING"),
+        ("no content type", framed(b""), "", unimplemented, "UNSUPPORTED_CONTENT_TYPE"),
+        ("json content type", b"{}", "application/json", unimplemented, "UNSUPPORTED_CONTENT_TYPE"),
+        ("plain text", framed(b""), "text/plain", unimplemented, "UNSUPPORTED_CONTENT_TYPE"),
+        ("native grpc", framed(b""), "application/grpc", unimplemented, "UNSUPPORTED_CONTENT_TYPE"),
+        (
+            "unknown codec",
+            framed(b""),
+            "application/grpc-web+thrift",
+            unimplemented,
+            "UNSUPPORTED_CODEC",
+        ),
+        ("not json", framed(b"{"), json, invalid, "BAD_JSON"),
+        ("unknown field", framed(b'{"nope": 1}'), json, invalid, "BAD_JSON"),
+        ("wrong type", framed(b'{"orderId": 5}'), json, invalid, "BAD_JSON"),
+        ("array", framed(b"[]"), json, invalid, "BAD_JSON"),
+        ("number", framed(b"7"), json, invalid, "BAD_JSON"),
+        ("null", framed(b"null"), json, invalid, "BAD_JSON"),
+        ("not utf-8", framed(b'{"orderId": "\xff"}'), json, invalid, "BAD_JSON"),
+        ("deep", framed(b"[" * 500 + b"]" * 500), json, invalid, "BAD_JSON"),
+        ("deep object", framed(b'{"a":' * 150 + b"1" + b"}" * 150), json, invalid, "BAD_JSON"),
+        ("unknown enum", framed(b'{"status": "NOPE"}'), json, invalid, "BAD_JSON"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "code", "reason"),
+    [case[1:] for case in _bad_bodies()],
+    ids=[case[0] for case in _bad_bodies()],
+)
+async def test_bad_bodies_get_a_deliberate_status_and_nothing_is_forwarded(
+    edge: str,
+    upstream: Upstream,
+    body: bytes,
+    content_type: str,
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
+    path = SET_AVAILABILITY if b"status" in body else TRACK
+    answer = await post(edge, path, body, content_type=content_type)
+    assert answer.status == 200
+    assert answer.code is code
+    assert answer.reason() == reason
+    assert answer.message
+    assert upstream.calls == []
+
+
+async def test_a_binary_message_that_is_no_message_is_refused_where_the_edge_reads_it(
+    edge: str, upstream: Upstream
+) -> None:
+    answer = await call(edge, SET_AVAILABILITY, b"\x0a\xff")
+    assert answer.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert answer.reason() == "BAD_MESSAGE"
+    assert upstream.calls == []
+
+
+async def test_the_request_cap_answers_a_grpc_status(edge: str, upstream: Upstream) -> None:
+    big = b"\x0a" + b"x" * MAX_BYTES  # one byte over the cap, whatever it holds
+    for text in (False, True):
+        answer = await call(edge, GET_ME, big, text=text)
+        assert answer.status == 200
+        assert answer.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert answer.reason() == "REQUEST_TOO_LARGE"
+        assert f"at most {MAX_BYTES} bytes" in answer.message
+
+    async def chunked() -> AsyncIterator[bytes]:
+        # No Content-Length: the edge stops reading once the body passes the cap.
+        yield framed(b"")[:5]
+        for _ in range(64):
+            yield b"x" * 1024
+
+    answer = await post(edge, GET_ME, chunked())  # type: ignore[arg-type]
+    assert answer.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert upstream.calls == []
+    # A message at the cap goes through.
+    request = tracking_service_pb2.TrackOrderRequest(order_id="o" * (MAX_BYTES - 3))
+    assert request.ByteSize() == MAX_BYTES
+    assert (await call(edge, GET_ME, request.SerializeToString())).code is grpc.StatusCode.OK
+    assert upstream.calls == [GET_ME]
+
+
+async def test_a_body_past_aiohttps_own_limit_is_a_grpc_status_not_a_413(
+    upstream: Upstream,
+) -> None:
+    # The default cap is 1 MiB, aiohttp's own client_max_size too: 2 MiB must still be gRPC.
+    async with serve_edge(EdgeConfig(routes=upstream.routes())) as url:
+        answer = await call(url, GET_ME, b"x" * (2 << 20))
+    assert answer.status == 200
+    assert answer.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert upstream.calls == []
+
+
+@pytest.mark.parametrize("value", ["1.5S", "123456789S", "5s", "S", "-1S", "1 S"])
+async def test_bad_grpc_timeouts_are_invalid_argument(
+    edge: str, upstream: Upstream, value: str
+) -> None:
+    answer = await call(edge, GET_ME, b"", headers={"grpc-timeout": value})
+    assert answer.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert answer.reason() == "BAD_TIMEOUT"
+    assert upstream.calls == []
+
+
+async def test_the_courier_override_of_set_availability_is_refused_at_the_edge(
+    edge: str, upstream: Upstream
+) -> None:
+    override = location_service_pb2.SetAvailabilityRequest(
+        request_id="r", status=common_pb2.DRIVER_STATUS_AVAILABLE, driver_id="someone-else"
+    )
+    refusals = [
+        await call(edge, SET_AVAILABILITY, override.SerializeToString()),
+        await call(edge, SET_AVAILABILITY, override.SerializeToString(), text=True),
+        await call(
+            edge,
+            SET_AVAILABILITY,
+            b'{"status": "DRIVER_STATUS_AVAILABLE", "driverId": "someone-else"}',
+            json=True,
+        ),
+        await call(edge, SET_AVAILABILITY, b'{"driver_id": "x"}', json=True),
+    ]
+    for answer in refusals:
+        assert answer.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert answer.reason() == "FIELD_NOT_EXPOSED"
+        assert list(answer.violations()) == ["driver_id"]
+    assert upstream.calls == []
+    # Without it, the courier's own change goes through, byte for byte.
+    own = location_service_pb2.SetAvailabilityRequest(
+        request_id="r", status=common_pb2.DRIVER_STATUS_AVAILABLE
+    )
+    assert (await call(edge, SET_AVAILABILITY, own.SerializeToString())).code is grpc.StatusCode.OK
+    assert upstream.payloads == [own.SerializeToString()]
+
+
+async def test_json_requests_are_forwarded_as_binary_messages(
+    edge: str, upstream: Upstream
+) -> None:
+    answer = await call(
+        edge,
+        TRACK,
+        b'{"orderId": "o-1", "resumeAfterSequence": "7"}',
+        json=True,
+        text=True,
+        # The recorder's stream sends one empty message, then nothing until the deadline.
+        headers={"grpc-timeout": "500m"},
+    )
+    assert answer.headers["content-type"] == "application/grpc-web-text+json"
+    assert answer.messages == [b"{}"]  # the empty reply, as proto3 JSON
+    assert answer.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    expected = tracking_service_pb2.TrackOrderRequest(order_id="o-1", resume_after_sequence=7)
+    assert upstream.payloads == [expected.SerializeToString()]
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["after-a-message", "before-any"])
+async def test_a_browser_that_goes_away_cancels_the_upstream_stream(
+    edge: str, upstream: Upstream, silent: bool
+) -> None:
+    request = tracking_service_pb2.TrackOrderRequest(order_id=SILENT if silent else "o-1")
+    session = aiohttp.ClientSession()
+    try:
+        response = await session.post(
+            edge + TRACK,
+            data=framed(request.SerializeToString()),
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+        assert response.status == 200
+        if silent:
+            # The service says nothing: no write to the browser would ever fail.
+            await asyncio.wait_for(upstream.stream_started.wait(), BOUND_S)
+        else:
+            first = await asyncio.wait_for(response.content.readexactly(5), BOUND_S)
+            assert first == b"\x00\x00\x00\x00\x00"
+        await asyncio.sleep(0.2)
+        assert not upstream.stream_cancelled.is_set(), "cancelled while the browser was there"
+        response.close()
+    finally:
+        await session.close()
+    await asyncio.wait_for(upstream.stream_cancelled.wait(), BOUND_S)
+
+
+async def test_cors_grants_configured_origins_only(edge: str, upstream: Upstream) -> None:
+    granted = await call(edge, GET_ME, b"", headers={"origin": SHOP})
+    assert granted.code is grpc.StatusCode.OK
+    assert granted.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "Origin" in granted.headers["Vary"]
+    exposed = granted.headers["Access-Control-Expose-Headers"].split(",")
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= set(exposed)
+    assert "Access-Control-Allow-Credentials" not in granted.headers
+    # A refusal is readable by the page too.
+    refused = await call(
+        edge, "/delivery.order.v1.OrderService/RunRetention", b"", headers={"origin": SHOP}
+    )
+    assert refused.headers["Access-Control-Allow-Origin"] == SHOP
+
+    for origin in ("https://evil.example", "null", SHOP + ".evil.example", "http://shop.example"):
+        foreign = await call(edge, GET_ME, b"", headers={"origin": origin})
+        assert "Access-Control-Allow-Origin" not in foreign.headers
+        assert "Access-Control-Expose-Headers" not in foreign.headers
+        assert "Origin" in foreign.headers["Vary"]
+
+    async with aiohttp.ClientSession() as session:
+        preflight = {"Access-Control-Request-Method": "POST"}
+        async with session.options(
+            edge + GET_ME,
+            headers={
+                **preflight,
+                "Origin": SHOP,
+                "Access-Control-Request-Headers": "authorization,content-type,x-grpc-web",
+            },
+        ) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == SHOP
+            allowed = response.headers["Access-Control-Allow-Headers"].split(",")
+            assert {"authorization", "content-type", "x-grpc-web", "grpc-timeout"} <= set(allowed)
+        for origin in ("https://evil.example", None):
+            headers = {**preflight, **({"Origin": origin} if origin else {})}
+            async with session.options(edge + GET_ME, headers=headers) as response:
+                assert response.status == 403
+                assert not any(h.startswith("Access-Control-") for h in response.headers)
+
+
+async def test_with_no_origins_configured_nothing_is_granted(upstream: Upstream) -> None:
+    async with serve_edge(EdgeConfig(routes=upstream.routes())) as url:
+        # Even the edge's own address: its pages are same-origin and need no grant.
+        answer = await call(url, GET_ME, b"", headers={"origin": url})
+        assert answer.code is grpc.StatusCode.OK
+        assert "Access-Control-Allow-Origin" not in answer.headers
+        async with (
+            aiohttp.ClientSession() as session,
+            session.options(
+                url + GET_ME, headers={"Origin": url, "Access-Control-Request-Method": "POST"}
+            ) as response,
+        ):
+            assert response.status == 403
+            assert "Access-Control-Allow-Origin" not in response.headers
+    with pytest.raises(ValueError, match="never granted"):
+        EdgeConfig(routes={}, allow_origins=frozenset({"*"}))
