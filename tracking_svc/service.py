@@ -74,10 +74,13 @@ class TrackingService(tracking_service_pb2_grpc.TrackingServiceServicer):
                     yield self._resync(feed, watcher)
                     feed.snapshot(watcher)
                 watcher.wake.clear()
+                # Whether it ended before this take: an update queued while the ones taken were
+                # being sent (the final status, say) is sent before the stream ends.
+                ended = watcher.ended
                 updates, wait = watcher.take()
                 for update in updates:
                     yield update
-                if watcher.ended and wait is None:
+                if ended and wait is None:
                     if watcher.error is not None:
                         raise watcher.error
                     return
