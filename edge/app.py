@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from edge.exposed import EXPOSED, Exposed
@@ -212,6 +213,7 @@ class Edge:
     async def _refuse(
         self, request: web.Request, codec: Codec, refusal: DomainError
     ) -> web.StreamResponse:
+        logger.debug("refused %s: %s (%s)", request.path[:200], refusal.reason, refusal.message)
         status = to_status_proto(refusal)
         response = await self._start(request, codec)
         await response.write(
@@ -246,6 +248,16 @@ class Edge:
                 if key == "grpc-status-details-bin":
                     details = value if isinstance(value, bytes) else value.encode()
             await response.write(codec.encode(trailer(err.code(), err.details() or "", details)))
+            return response
+        except DecodeError:
+            # The service's reply does not parse as its declared type: ours to fix, not the
+            # caller's, and the browser is told so rather than left with a cut stream.
+            logger.exception("a reply of %s is not a %s", method.path, method.response_class)
+            await response.write(
+                codec.encode(
+                    trailer(grpc.StatusCode.INTERNAL, "the service's reply could not be read")
+                )
+            )
             return response
         finally:
             # The browser went away (a write failed, or aiohttp cancelled this handler when the

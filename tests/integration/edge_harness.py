@@ -31,6 +31,8 @@ PACKAGES = (
 )
 #: A TrackOrder for this order id makes the recorder's stream send nothing at all.
 SILENT = "silent"
+#: A unary call whose field 1 is this string gets bytes that are no message as its reply.
+GARBAGE = "garbage"
 
 
 @contextlib.asynccontextmanager
@@ -183,11 +185,12 @@ class Upstream:
         return {package: f"127.0.0.1:{self.port}" for package in PACKAGES}
 
 
-def _silent(request: bytes) -> bool:
+def _first_string(request: bytes) -> str:
+    # Field 1 is a string (an order id) in the requests the tests send this way.
     try:
-        return tracking_service_pb2.TrackOrderRequest.FromString(request).order_id == SILENT
+        return tracking_service_pb2.TrackOrderRequest.FromString(request).order_id
     except DecodeError:
-        return False
+        return ""
 
 
 class _Recorder(grpc.GenericRpcHandler):
@@ -220,7 +223,7 @@ class _Recorder(grpc.GenericRpcHandler):
                 self._record(request, context, path)
                 upstream.stream_started.set()
                 try:
-                    if not _silent(request):
+                    if _first_string(request) != SILENT:
                         yield b""
                     await asyncio.Event().wait()
                 except asyncio.CancelledError:
@@ -231,7 +234,7 @@ class _Recorder(grpc.GenericRpcHandler):
 
         async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             self._record(request, context, path)
-            return b""
+            return b"\x0a\xff" if _first_string(request) == GARBAGE else b""
 
         return grpc.unary_unary_rpc_method_handler(unary)  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ from delivery.tracking.v1 import tracking_service_pb2
 from edge.app import EdgeConfig
 from edge.exposed import BY_METHOD, NEVER_EXPOSED
 from tests.integration.edge_harness import (
+    GARBAGE,
     PACKAGES,
     SILENT,
     Upstream,
@@ -352,6 +353,19 @@ async def test_json_requests_are_forwarded_as_binary_messages(
     assert answer.code is grpc.StatusCode.DEADLINE_EXCEEDED
     expected = tracking_service_pb2.TrackOrderRequest(order_id="o-1", resume_after_sequence=7)
     assert upstream.payloads == [expected.SerializeToString()]
+
+
+async def test_a_reply_that_is_no_message_is_internal_in_json_and_forwarded_in_binary(
+    edge: str, upstream: Upstream
+) -> None:
+    path = "/delivery.tracking.v1.TrackingService/GetEta"
+    request = tracking_service_pb2.GetEtaRequest(order_id=GARBAGE)
+    as_json = await call(edge, path, b'{"orderId": "garbage"}', json=True)
+    assert as_json.code is grpc.StatusCode.INTERNAL
+    assert as_json.message == "the service's reply could not be read"
+    binary = await call(edge, path, request.SerializeToString())
+    assert binary.code is grpc.StatusCode.OK
+    assert binary.messages == [b"\x0a\xff"], "binary replies are forwarded byte for byte"
 
 
 @pytest.mark.parametrize("silent", [False, True], ids=["after-a-message", "before-any"])
