@@ -61,6 +61,7 @@ EXPOSED: tuple[Exposed, ...] = (
     ),
     Exposed(_LOCATION + "GetDriverLocation", "a courier or an operator reads a position"),
     Exposed(_LOCATION + "WatchDriverLocation", "the operations page follows one courier"),
+    Exposed(_LOCATION + "GetFleet", "the operations page maps the couriers in view (admin only)"),
     Exposed(_MATCHING + "StreamOffers", "a courier's web app receives its offers"),
     Exposed(_MATCHING + "AcceptOffer", "a courier accepts an offer made to them"),
     Exposed(_MATCHING + "DeclineOffer", "a courier declines an offer made to them"),
