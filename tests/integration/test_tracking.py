@@ -11,8 +11,9 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import grpc
 import pytest
@@ -28,18 +29,21 @@ from location_svc.store.drivers import DriverStore
 from location_svc.watch import PositionHub
 from matching_svc.dispatcher import DispatchRules
 from matching_svc.server import build_server as build_matching
+from mesh.auth import Principal, Role, reset_principal, set_principal
 from mesh.server import MeshServer
 from mesh.settings import Settings, StoreSettings
 from mesh.stores import Stores
 from mesh.testing import serving, settings_for_test
 from order_svc.server import build_server as build_order
 from tests.integration.marketplace import Caller, Market, details, north
+from tests.polling import eventually
 from tracking_svc.domain.eta import EtaRules
 from tracking_svc.domain.roads import RoadTravelTimes
 from tracking_svc.domain.routing import Stop, StopKind, evaluate_route
 from tracking_svc.domain.travel import Point, Vehicle
 from tracking_svc.live import LiveRules, TrackingHub
 from tracking_svc.server import build_server as build_tracking
+from tracking_svc.service import TrackingService
 from tracking_svc.settings import TrackingSettings
 
 #: How long any one thing may take to travel through the mesh before the test gives up.
@@ -419,6 +423,62 @@ async def test_a_whole_order_is_watched_from_placement_to_delivery(mesh: Mesh) -
             metadata=scene.customer.metadata,
         )
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_final_status_heard_while_an_update_is_sent_still_reaches_the_watcher(
+    mesh: Mesh,
+) -> None:
+    """The order is picked up and delivered back to back while the watcher's stream is still
+    sending what it took before: both statuses are sent, DELIVERED last, then the stream ends.
+
+    Driven at the servicer's generator (the tracking server's own hub, feed and watcher): a
+    consumer that does not ask for the next update keeps the handler at its ``yield``, which a
+    gRPC stream's flow control cannot do deterministically for a few small messages.
+    """
+    scene = await _scene(mesh)
+    await _advance(mesh, scene, "confirm", "prepare", "ready", "assign")
+    # Tracking's log has caught up with the courier's assignment: the stream starts from it.
+    caught_up = Watch(mesh, scene.customer, scene.order.order_id)
+    await caught_up.until_status(S.ORDER_STATUS_READY_FOR_PICKUP, driver=True)
+    caught_up.stop()
+    hub = mesh.hubs[-1]
+    # The running server's hub and log; TrackOrder uses nothing else of the servicer.
+    service = TrackingService(hub, hub.log, None, None)
+    order_id = scene.order.order_id
+    token = set_principal(Principal(scene.customer.user_id, Role.CUSTOMER))
+    # The handler is an async generator (closed below), typed as the iterator gRPC reads.
+    stream = cast(
+        AsyncGenerator[tracking_service_pb2.TrackOrderResponse, None],
+        service.TrackOrder(
+            tracking_service_pb2.TrackOrderRequest(order_id=order_id),
+            None,  # type: ignore[arg-type]  # TrackOrder reads nothing of its context
+        ),
+    )
+    try:
+        first = await anext(stream)
+        feed = hub.feeds[order_id]
+        # The handler is held at the yield of ``first`` (the consumer is busy sending it);
+        # meanwhile the order moves on to its end and the feed queues both for the watcher.
+        await _advance(mesh, scene, "pickup", "deliver")
+        # Applying DELIVERED ends the feed's watchers in the same step.
+        await eventually(lambda: feed.facts.status == "delivered")
+        rest = [update async for update in stream]
+    finally:
+        await stream.aclose()
+        reset_principal(token)
+    updates = [first, *rest]
+    statuses = [
+        (u.status_update.status, bool(u.status_update.driver_id))
+        for u in updates
+        if u.HasField("status_update")
+    ]
+    assert statuses == [
+        (S.ORDER_STATUS_READY_FOR_PICKUP, True),
+        (S.ORDER_STATUS_PICKED_UP, True),
+        (S.ORDER_STATUS_DELIVERED, True),
+    ], statuses
+    sequences = [u.sequence for u in updates]
+    assert sequences == sorted(set(sequences)), "sequence numbers strictly increase"
 
 
 async def test_strangers_and_bad_requests_are_refused(mesh: Mesh) -> None:
