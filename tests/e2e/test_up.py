@@ -155,3 +155,90 @@ async def test_a_killed_delivery_up_leaves_no_store_behind_and_the_next_start_se
     assert code == 0
     assert not tcp_reachable("127.0.0.1", ports["redis"])
     assert not (data / "postgres" / "postmaster.pid").exists()
+
+
+def _processes() -> dict[int, tuple[str, list[str], str]]:
+    """``{pid: (state, argv, working directory)}`` of every process this test may look at."""
+    found: dict[int, tuple[str, list[str], str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            raw = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        found[int(entry.name)] = (state, [a.decode(errors="replace") for a in raw if a], cwd)
+    return found
+
+
+def _postmaster(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL server pg_ctl started on ``pgdata``, if it runs: pg_ctl starts
+    it as ``postgres -D <pgdata> ...`` (initdb's own runs have no -D)."""
+    return next(
+        (
+            pid
+            for pid, (_, argv, _) in _processes().items()
+            if argv[:1] and Path(argv[0]).name == "postgres" and argv[1:3] == ["-D", str(pgdata)]
+        ),
+        None,
+    )
+
+
+def _of_data_dir(data: Path) -> dict[int, list[str]]:
+    """The live processes working in ``data`` or naming it: the embedded stores (PostgreSQL's
+    backends and redis-server rename themselves but run in their folders) and the reaper."""
+    return {
+        pid: argv
+        for pid, (state, argv, cwd) in _processes().items()
+        if state != "Z" and (cwd.startswith(str(data)) or any(str(data) in a for a in argv))
+    }
+
+
+@pytest.mark.slow
+async def test_ctrl_c_while_the_embedded_stores_start_ends_with_one_line_and_leaves_none(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_")}
+    delivery = str(Path(sys.executable).parent / "delivery")
+    data = tmp_path / "data"
+    process = await asyncio.create_subprocess_exec(
+        delivery,
+        "up",
+        "--base-port",
+        "0",
+        "--data-dir",
+        str(data),
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    output = asyncio.create_task(process.communicate())
+    try:
+        # The embedded PostgreSQL's server appears: the stores are starting.
+        while (postmaster := _postmaster(data / "postgres")) is None:
+            assert not output.done(), "delivery up ended before its PostgreSQL started"
+            await asyncio.sleep(0.01)
+        # Held where it is, PostgreSQL cannot get ready or take migrations: `delivery up` is
+        # certainly still starting when Ctrl-C comes. Let go at once after, so it can be stopped.
+        os.kill(postmaster, signal.SIGSTOP)
+        try:
+            process.send_signal(signal.SIGINT)
+        finally:
+            os.kill(postmaster, signal.SIGCONT)
+        stdout, stderr = await asyncio.wait_for(output, 120)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    err = stderr.decode()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    line = "interrupted while starting; the delivery mesh stopped"
+    assert err.count(line) == 1 and err.rstrip("\n").endswith(line), err
+    assert "the delivery mesh is up" not in stdout.decode()
+    # What had started (PostgreSQL, perhaps Redis, the reaper) is stopped before it exits.
+    assert _of_data_dir(data) == {}
+    assert not (data / "postgres" / "postmaster.pid").exists()
