@@ -1,10 +1,14 @@
-"""The batcher against a real Redis: a slow stored-fix hook (arrival detection) holds up no tick."""
+"""The batcher against a real Redis: a slow stored-fix hook (arrival detection) holds up no tick,
+and its backlog is bounded."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
+
+import pytest
 
 from location_svc.domain.fixes import Fix
 from location_svc.domain.presence import DriverStatus
@@ -118,3 +122,57 @@ async def test_a_status_change_between_two_fixes_of_one_tick_leaves_the_index_ri
         await pipe.execute()
         await redis.delete(driver_key(driver))
         await redis.hdel(position_key(shard), driver)  # type: ignore[misc]
+
+
+async def test_a_hook_too_far_behind_loses_the_oldest_stored_fixes_counted_and_logged(
+    stores: Stores, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The arrival hook's backlog is bounded: past ``max_hook_backlog`` the oldest stored fixes
+    are dropped (counted in the stats, a warning logged) and the newest reach the hook."""
+    caplog.set_level(logging.WARNING, logger="location_svc.ingest")
+    gate, entered = asyncio.Event(), asyncio.Event()
+    handed: list[list[int]] = []
+
+    async def hook(updates: list[Update]) -> None:
+        handed.append([u.fix.sequence for u in updates])
+        entered.set()
+        await gate.wait()
+
+    assert stores.redis is not None and stores.pool is not None
+    redis, pool = stores.redis, stores.pool
+    tag = uuid.uuid4().hex[:8]
+    driver = f"ingest-{tag}"
+    ingest = Ingest(
+        redis,
+        DriverIndex(redis, prefix=f"t{tag}"),
+        DriverStore(redis, pool),
+        HistoryWriter(pool),
+        on_stored=hook,
+        max_hook_backlog=3,
+    )
+    running = asyncio.create_task(ingest.run())
+    sink = AckSink()
+    try:
+        await ingest.submit(_update(driver, 1, sink))
+        await entered.wait()
+        # The hook is held on fix 1; five more are stored, a tick each, two past the bound.
+        for sequence in range(2, 7):
+            await ingest.submit(_update(driver, sequence, sink))
+        assert sink.acked_sequence == 6
+        assert ingest.stats.hook_dropped == 2
+        warnings = [r.getMessage() for r in caplog.records if r.name == "location_svc.ingest"]
+        # The first overflow is logged (later ones within ten seconds are only counted).
+        assert warnings[:1] == [
+            "the stored-fix hook fell behind; 1 fixes dropped unseen (1 so far)"
+        ], warnings
+        gate.set()
+        ingest.stop()
+        await running
+        # Fixes 2 and 3 never reach the hook; the newest three do, in order, in one call.
+        assert handed == [[1], [4, 5, 6]]
+    finally:
+        gate.set()
+        ingest.stop()
+        await running
+        await redis.delete(driver_key(driver))
+        await redis.hdel(position_key(shard_of(*SPOT)), driver)  # type: ignore[misc]
