@@ -194,6 +194,12 @@ class Watcher:
         self._notices.append(update)
         self.wake.set()
 
+    def settle(self) -> None:
+        """The order reached its final status: an estimate or position still queued would
+        arrive after it and describe a trip that is over, so they are not sent."""
+        self._eta = None
+        self._position = None
+
     def end(self, error: DomainError | None = None) -> None:
         self.ended = True
         self.error = error
@@ -531,6 +537,7 @@ class OrderFeed:
                 watcher.hide_position()
         if self.facts.status in FINAL:
             for watcher in self.watchers:
+                watcher.settle()
                 watcher.end()
         else:
             self.reestimate(force=update.HasField("status_update"))

@@ -479,6 +479,9 @@ async def test_a_final_status_heard_while_an_update_is_sent_still_reaches_the_wa
     ], statuses
     sequences = [u.sequence for u in updates]
     assert sequences == sorted(set(sequences)), "sequence numbers strictly increase"
+    # Nothing about the trip follows its end: an estimate queued for PICKED_UP is not sent after
+    # DELIVERED.
+    assert updates[-1].HasField("status_update"), updates[-1]
 
 
 async def test_strangers_and_bad_requests_are_refused(mesh: Mesh) -> None:
