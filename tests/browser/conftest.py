@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import pytest
 from aiohttp import web
 
+from delivery.common.v1 import common_pb2
+from delivery.location.v1 import location_service_pb2, location_service_pb2_grpc
+from delivery.order.v1 import order_pb2, order_service_pb2
 from edge.app import EdgeConfig, build_app
 from edge.pages import STATIC_DIR
 from location_svc.server import build_server as build_location
@@ -23,7 +27,7 @@ from mesh.settings import Settings, StoreSettings
 from mesh.stores import Stores
 from mesh.testing import serving, settings_for_test
 from order_svc.server import build_server as build_order
-from tests.integration.marketplace import Market
+from tests.integration.marketplace import Caller, Market
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -112,6 +116,47 @@ async def _edge(routes: dict[str, str]) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+async def _open_orders(stores: Stores) -> set[str]:
+    assert stores.pool is not None
+    rows = await stores.pool.fetch(
+        "SELECT id::text FROM orders WHERE status NOT IN ('delivered', 'cancelled')"
+    )
+    return {row[0] for row in rows}
+
+
+async def _cancel_left_open(market: Market, order_ids: set[str]) -> None:
+    """Cancels, as an operator, the orders a test left open. The test database lives for the
+    whole run, and any later test's dispatcher would otherwise offer them to its own couriers
+    near the same shops (seen: a merchant-page order, left preparing, offered to the tracking
+    test's courier)."""
+    if not order_ids:
+        return
+    admin = await market.admin()
+    for order_id in sorted(order_ids):
+        await market.orders.CancelOrder(
+            order_service_pb2.CancelOrderRequest(
+                order_id=order_id,
+                request_id=uuid.uuid4().hex,
+                reason=order_pb2.CANCEL_REASON_OPERATOR,
+                note="left open by a browser test",
+            ),
+            metadata=admin.metadata,
+        )
+
+
+async def _off_shift(channel: grpc.aio.Channel, drivers: list[Caller]) -> None:
+    """Takes a test's couriers off shift: the geo index lives for the whole run, and a later
+    test's dispatcher would otherwise offer its orders to them first (and wait out the offer)."""
+    location = location_service_pb2_grpc.LocationServiceStub(channel)
+    for driver in drivers:
+        await location.SetAvailability(
+            location_service_pb2.SetAvailabilityRequest(
+                request_id=uuid.uuid4().hex, status=common_pb2.DRIVER_STATUS_OFFLINE
+            ),
+            metadata=driver.metadata,
+        )
+
+
 @pytest.fixture
 async def mesh_web(store_settings: StoreSettings, stores: Stores) -> AsyncIterator[Web]:
     """order, location, matching and tracking as gRPC servers, and the edge in front of them."""
@@ -156,11 +201,15 @@ async def mesh_web(store_settings: StoreSettings, stores: Stores) -> AsyncIterat
                 "delivery.matching.v1": f"127.0.0.1:{match.port}",
                 "delivery.tracking.v1": f"127.0.0.1:{track.port}",
             }
+            market = Market(order_ch, stores, settings["order"])
+            before = await _open_orders(stores)
             async with _edge(routes) as url:
                 yield Web(
                     url,
-                    Market(order_ch, stores, settings["order"]),
+                    market,
                     {"location": location_ch, "matching": matching_ch, "tracking": tracking_ch},
                     stores,
                     settings["order"],
                 )
+            await _cancel_left_open(market, (await _open_orders(stores)) - before)
+            await _off_shift(location_ch, market.drivers)

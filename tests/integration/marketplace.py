@@ -95,6 +95,8 @@ class Market:
         self.orders = order_service_pb2_grpc.OrderServiceStub(channel)
         self._stores = stores
         self._settings = settings
+        #: Every courier signed up here, for tests that must take them off shift afterwards.
+        self.drivers: list[Caller] = []
         #: Metadata of the matching service, which assigns couriers.
         self.matching = bearer(service_token(settings.auth.service_secret, "matching"))
 
@@ -111,7 +113,10 @@ class Market:
                 **fields,  # type: ignore[arg-type]
             )
         )
-        return Caller(signed.user.user_id, bearer(signed.session_token))
+        caller = Caller(signed.user.user_id, bearer(signed.session_token))
+        if role == common_pb2.ROLE_DRIVER:
+            self.drivers.append(caller)
+        return caller
 
     async def admin(self) -> Caller:
         """An admin, seeded the way an operator would (admins cannot sign themselves up)."""
