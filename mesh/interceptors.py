@@ -46,6 +46,31 @@ _CALLER_CODES = {
 # A peer's own status passes through when it tells the caller what to do (retry later).
 _PASS_THROUGH = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
+
+class LogThrottle:
+    """Lets one log line per key through every ``interval_s`` and counts the ones it held.
+
+    An outage of a store fails every call at once: one warning per kind of failure every few
+    seconds says so, where a traceback per call would flood the log with one fault.
+    """
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str, now: float) -> int | None:
+        """``None`` to hold this line back, else how many were held since the last one."""
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
+
+_dependency_log = LogThrottle()
+
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     # PostgreSQL shutting down (pg_ctl stop, a crash) ends the statements it was running.
@@ -388,6 +413,19 @@ async def _fail(
     }
     if code in _CALLER_CODES or code is grpc.StatusCode.UNIMPLEMENTED:
         logger.info("rpc refused: %s", message, extra=extra)
+    elif code in _PASS_THROUGH:
+        # A dependency is down or slow: the fault is elsewhere, and every call says the same.
+        cause = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        held = _dependency_log.admit(cause, time.monotonic())
+        if held is not None:
+            logger.warning(
+                "rpc failed: %s (%s: %s)%s",
+                message,
+                cause,
+                str(exc)[:200] or "no detail",
+                f"; {held} more like it not logged since the last" if held else "",
+                extra=extra,
+            )
     else:
         logger.error("rpc failed: %s", message, extra=extra, exc_info=exc)
     trailing: tuple[tuple[str, str | bytes], ...] = ((REQUEST_ID, rid),)

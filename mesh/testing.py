@@ -9,6 +9,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -63,20 +64,25 @@ async def spawn(
     *,
     inherit_env: bool = True,
     ready_timeout: float = 60.0,
+    stderr_path: Path | None = None,
 ) -> tuple[asyncio.subprocess.Process, dict[str, int]]:
     """Starts a process and waits until it has printed a ready line for each of its services.
 
     Returns the process and ``{service: port}``; a process that runs several services (``delivery
-    up``) is done when it prints the mesh-is-up banner, which follows every ready line.
+    up``) is done when it prints the mesh-is-up banner, which follows every ready line. Its
+    stderr (the logs) goes to ``stderr_path`` when given, else to this process's.
     """
+    errors = None if stderr_path is None else stderr_path.open("ab")
     process = await asyncio.create_subprocess_exec(
         *args,
         # The service dies with this process, however this process ends.
         env={**(os.environ if inherit_env else {}), **env, PARENT_PID_ENV: str(os.getpid())},
         stdout=asyncio.subprocess.PIPE,
-        stderr=None,
+        stderr=errors,
         start_new_session=True,
     )
+    if errors is not None:
+        errors.close()  # the child holds its own descriptor
     ports: dict[str, int] = {}
     single = args[:2] == [sys.executable, "-m"]
 

@@ -205,8 +205,11 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
 
 
 @contextlib.asynccontextmanager
-async def order_process(database_url: str, redis_url: str) -> AsyncIterator[grpc.aio.Channel]:
-    """order_svc as a process of its own on the given stores, with the shipped store timeouts."""
+async def order_process(
+    database_url: str, redis_url: str, log: Path | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """order_svc as a process of its own on the given stores, with the shipped store timeouts
+    (its logs in ``log`` when given)."""
     process, ports = await spawn(
         [sys.executable, "-m", "order_svc"],
         {
@@ -215,6 +218,7 @@ async def order_process(database_url: str, redis_url: str) -> AsyncIterator[grpc
             "DELIVERY_ORDER_LISTEN": "127.0.0.1:0",
             "DELIVERY_GRACE_S": "1",
         },
+        stderr_path=log,
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['order']}")
     try:
@@ -244,6 +248,10 @@ async def _health_becomes(
     await eventually(reached, every_s=0.2)
 
 
+#: Calls refused while a store is frozen, in the test that counts the log lines they cause.
+REFUSED_DURING_OUTAGE = 20
+
+
 async def _refused(call: asyncio.Future[object] | object) -> grpc.StatusCode:
     """The status code a call that must fail ends with."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -260,10 +268,11 @@ async def _list_orders(market: Market, customer: Caller) -> order_service_pb2.Li
 
 
 async def test_frozen_redis_fails_order_calls_fast_and_health_follows_it(
-    store_settings: StoreSettings, private_redis: PrivateRedis
+    store_settings: StoreSettings, private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     settings = settings_for_test("order", replace(store_settings, redis_url=private_redis.url))
-    async with order_process(store_settings.database_url, private_redis.url) as channel:
+    log = tmp_path / "order_svc.log"
+    async with order_process(store_settings.database_url, private_redis.url, log) as channel:
         market = Market(channel, Stores(), settings)
         customer = await market.sign_up(common_pb2.ROLE_CUSTOMER)
         assert await _health(channel, ORDER_HEALTH_NAMES) == {SERVING}
@@ -272,16 +281,29 @@ async def test_frozen_redis_fails_order_calls_fast_and_health_follows_it(
         try:
             # Every authenticated call reads its session from Redis.
             assert await _refused(_list_orders(market, customer)) == grpc.StatusCode.UNAVAILABLE
-            me = market.accounts.GetMe(
-                account_service_pb2.GetMeRequest(), metadata=customer.metadata, timeout=DEADLINE_S
-            )
-            assert await _refused(me) == grpc.StatusCode.UNAVAILABLE
+            me = [
+                market.accounts.GetMe(
+                    account_service_pb2.GetMeRequest(),
+                    metadata=customer.metadata,
+                    timeout=DEADLINE_S,
+                )
+                for _ in range(REFUSED_DURING_OUTAGE)
+            ]
+            codes = await asyncio.gather(*(_refused(call) for call in me))
+            assert set(codes) == {grpc.StatusCode.UNAVAILABLE}
             await _health_becomes(channel, NOT_SERVING)
         finally:
             private_redis.thaw()
 
         await _health_becomes(channel, SERVING)
         assert list((await _list_orders(market, customer)).orders) == []
+    # One outage, a few lines: no traceback per refused call (before, each of the calls above
+    # logged one at ERROR).
+    text = log.read_text(errors="replace")
+    failed = [line for line in text.splitlines() if "rpc failed" in line]
+    assert "Traceback" not in text, text[-4000:]
+    assert 1 <= len(failed) < REFUSED_DURING_OUTAGE // 4, failed
+    assert all(" WARNING " in line for line in failed), failed
 
 
 async def test_frozen_postgresql_fails_order_calls_fast_and_they_recover_by_themselves(

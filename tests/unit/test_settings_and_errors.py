@@ -15,6 +15,7 @@ from mesh.errors import (
     Validator,
     to_status_proto,
 )
+from mesh.interceptors import LogThrottle
 from mesh.settings import Settings
 
 
@@ -83,3 +84,15 @@ def test_domain_errors_map_to_error_info_with_their_reason() -> None:
 def test_a_single_violation_is_accepted_too() -> None:
     error = InvalidArgument(FieldViolation("tip", "must not be negative"))
     assert "tip: must not be negative" in error.message
+
+
+def test_the_log_throttle_lets_one_line_per_key_through_each_interval_and_counts_the_rest() -> None:
+    throttle = LogThrottle(interval_s=10.0)
+    assert throttle.admit("redis.TimeoutError", 100.0) == 0
+    assert throttle.admit("redis.TimeoutError", 101.0) is None
+    assert throttle.admit("redis.TimeoutError", 109.9) is None
+    # Another kind of failure has its own line.
+    assert throttle.admit("asyncpg.InterfaceError", 105.0) == 0
+    # The next line after the interval says how many were held back.
+    assert throttle.admit("redis.TimeoutError", 110.0) == 2
+    assert throttle.admit("redis.TimeoutError", 120.5) == 0
