@@ -717,7 +717,7 @@ async def store_part(
     args: argparse.Namespace,
 ) -> None:
     services = Services()
-    # Each refused call is logged at ERROR with its traceback: by design here, so not shown.
+    # The service's warnings about the outage are not the bench's output.
     await services.start(("order",), database_url, redis_url, "CRITICAL")
     channel = grpc.aio.insecure_channel(services.addresses["order"])
     try:
