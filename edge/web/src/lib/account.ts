@@ -119,6 +119,12 @@ export function mountAccount(box: HTMLElement, options: AccountOptions): void {
     say(alert, message);
   };
 
+  // A call anywhere on the page found the session over: back to signing in, saying why.
+  session.onEnded(() => {
+    showForms("Your session ended; please sign in again.");
+    options.onSignedOut();
+  });
+
   if (!session.token) {
     showForms();
     return;

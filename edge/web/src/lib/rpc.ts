@@ -9,7 +9,20 @@ import { OrderStatus } from "@gen/delivery/common/v1/common_pb";
 
 /** Where one page keeps its user's session token (each page signs in on its own). */
 export class Session {
+  private readonly endedListeners: (() => void)[] = [];
+
   constructor(private readonly key: string) {}
+
+  /** Calls ``listener`` whenever the service says the session is over (see ``clients``). */
+  onEnded(listener: () => void): void {
+    this.endedListeners.push(listener);
+  }
+
+  /** Forgets the token and tells the page: signed out elsewhere, expired or revoked. */
+  end(): void {
+    this.token = "";
+    for (const listener of this.endedListeners) listener();
+  }
 
   get token(): string {
     return sessionStorage.getItem(this.key) ?? "";
@@ -21,12 +34,33 @@ export class Session {
   }
 }
 
-/** Clients of the mesh's services for one page, authenticated as ``session``'s user. */
+/** Clients of the mesh's services for one page, authenticated as ``session``'s user. Any call,
+ * unary or stream, that the services refuse UNAUTHENTICATED while it carried the current token
+ * ends the session for the whole page (signed out in another tab, expired, revoked). */
 export function clients(session: Session) {
   const auth: Interceptor = (next) => async (req) => {
     const token = session.token;
     if (token) req.header.set("authorization", `Bearer ${token}`);
-    return next(req);
+    const refused = (err: unknown) => {
+      if (token && token === session.token && isUnauthenticated(err)) session.end();
+    };
+    try {
+      const res = await next(req);
+      if (!res.stream) return res;
+      const messages = res.message;
+      async function* watched() {
+        try {
+          yield* messages;
+        } catch (err) {
+          refused(err);
+          throw err;
+        }
+      }
+      return { ...res, message: watched() };
+    } catch (err) {
+      refused(err);
+      throw err;
+    }
   };
   const transport = createGrpcWebTransport({
     baseUrl: location.origin,

@@ -168,9 +168,11 @@ function renderOrders(): void {
 
 function orderCard(o: Order): HTMLLIElement {
   const alert = h("p", { class: "alert", role: "alert", hidden: true });
-  const act = (label: string, run: () => Promise<{ order?: Order }>, cls = "") => {
+  const act = (label: string, run: () => Promise<{ order?: Order }>, cls = "", ask = "") => {
     const b = h("button", { type: "button", class: cls }, label);
-    b.addEventListener("click", () =>
+    b.addEventListener("click", () => {
+      // A step that cannot be undone (rejecting) is asked about first.
+      if (ask && !confirm(ask)) return;
       void busy(b, alert, async () => {
         const reply = await run();
         if (reply.order) {
@@ -185,8 +187,8 @@ function orderCard(o: Order): HTMLLIElement {
           say(ordersAlert, `Order ${shortId(o.orderId)} changed meanwhile; it is shown as it is now. Check it and try again.`, "info"),
         );
         return "";
-      }),
-    );
+      });
+    });
     return b;
   };
   const ref = { orderId: o.orderId, expectedVersion: o.version };
@@ -207,7 +209,12 @@ function orderCard(o: Order): HTMLLIElement {
         orders.confirmOrder({ ...ref, requestId: requestId(), estimatedPrepDuration: { seconds: BigInt(Math.round(Number(prep.value) || minutes) * 60) } }),
       ),
       reason,
-      act("Reject", () => orders.rejectOrder({ ...ref, requestId: requestId(), reason: Number(reason.value) }), "danger"),
+      act(
+        "Reject",
+        () => orders.rejectOrder({ ...ref, requestId: requestId(), reason: Number(reason.value) }),
+        "danger",
+        `Reject order ${shortId(o.orderId)} (${reason.selectedOptions[0]?.text ?? "no reason"})? The customer is told at once.`,
+      ),
     );
   } else if (o.status === OrderStatus.CONFIRMED) {
     actions.push(
@@ -268,7 +275,8 @@ function startLive(): void {
           backoff = 500;
           const n = message.notification;
           if (n) {
-            byId("feed").prepend(h("li", {}, h("span", { class: "muted", text: `${clockTime(when(n.createTime))} ` }), h("strong", { text: n.title }), ` ${n.body}`));
+            const which = n.orderId ? ` (order ${shortId(n.orderId)})` : "";
+            byId("feed").prepend(h("li", {}, h("span", { class: "muted", text: `${clockTime(when(n.createTime))} ` }), h("strong", { text: n.title }), ` ${n.body}${which}`));
           }
           soon();
         }
