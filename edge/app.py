@@ -3,12 +3,15 @@ the allow-listed RPCs (edge/exposed.py), in the binary, text and JSON codecs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
@@ -20,6 +23,7 @@ from edge.wire import (
     Codec,
     Refused,
     body_limit,
+    clean,
     codec_for,
     frame,
     only_message,
@@ -32,6 +36,11 @@ from mesh.auth import AUTHORIZATION, bearer_token, is_service_token
 from mesh.errors import DomainError, Unauthenticated, to_status_proto
 
 logger = logging.getLogger(__name__)
+# aiohttp's server logs here (given as the handler's logger): see _QuietMalformedHttp.
+_http_logger = logging.getLogger("edge.http")
+
+#: The longest x-request-id or x-user-agent forwarded, in characters.
+MAX_HEADER_CHARS = 200
 
 # Request headers forwarded to the services as call metadata.
 _FORWARDED = (AUTHORIZATION, "x-request-id", "x-user-agent")
@@ -66,6 +75,12 @@ class EdgeConfig:
     max_request_bytes: int = 1024 * 1024
     #: The RPCs browsers may call.
     exposed: tuple[Exposed, ...] = EXPOSED
+    #: Time allowed to read a request's body once its headers are in, in seconds; a client
+    #: that sends less is answered DEADLINE_EXCEEDED and the connection closed.
+    body_timeout_s: float = 10.0
+    #: An idle connection, or one whose request headers are not complete, is closed after this
+    #: many seconds (aiohttp's keep-alive timer, which also runs from the connection's start).
+    idle_timeout_s: float = 75.0
 
     def __post_init__(self) -> None:
         if "*" in self.allow_origins:
@@ -178,6 +193,7 @@ class Edge:
                 reason="NO_ROUTE",
             )
         metadata = _metadata(request)
+        _identity_only(request)
         timeout = parse_timeout(request.headers.get("grpc-timeout"))
         if timeout is None and not method.streaming:
             timeout = self._config.default_timeout_s
@@ -196,11 +212,29 @@ class Edge:
             raise too_large(self._config.max_request_bytes, f"the body is {declared} bytes")
         chunks: list[bytes] = []
         size = 0
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise too_large(self._config.max_request_bytes, f"the body exceeds {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self._config.body_timeout_s):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(
+                            self._config.max_request_bytes, f"the body exceeds {limit} bytes"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Refused(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request body did not arrive within {self._config.body_timeout_s:g} s",
+                reason="BODY_TIMEOUT",
+            ) from None
+        except (RequestPayloadError, ClientPayloadError, HttpProcessingError) as exc:
+            # The HTTP framing of the body is broken (bad chunks, a short body): the client's
+            # fault, answered as a status rather than aiohttp's 500 and a traceback.
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request body could not be read: {clean(str(exc))}",
+                reason="BAD_BODY",
+            ) from None
         return b"".join(chunks)
 
     async def _start(self, request: web.Request, codec: Codec) -> web.StreamResponse:
@@ -219,6 +253,11 @@ class Edge:
         await response.write(
             codec.encode(trailer(refusal.code, refusal.message, status.SerializeToString()))
         )
+        if refusal.reason in _CLOSE_AFTER:
+            # The rest of the body may never come, or not parse: once the answer is out the
+            # connection is closed, rather than read on for aiohttp's lingering time.
+            await response.write_eof()
+            request.protocol.force_close()
         return response
 
     async def _forward(
@@ -268,6 +307,28 @@ class Edge:
         return response
 
 
+# Refusals after which the connection is closed rather than read on.
+_CLOSE_AFTER = frozenset({"BODY_TIMEOUT", "BAD_BODY"})
+
+
+def _identity_only(request: web.Request) -> None:
+    """Refuses a content-coded body before it is read: aiohttp would inflate it itself (past
+    the edge's own checks), so only ``identity`` is taken."""
+    codings = [
+        coding.strip().lower()
+        for value in request.headers.getall("content-encoding", [])
+        for coding in value.split(",")
+    ]
+    refused = [coding for coding in codings if coding not in ("identity", "")]
+    if refused:
+        raise Refused(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"content-encoding {clean(', '.join(refused))!r} is not accepted: send the body"
+            " uncompressed",
+            reason="CONTENT_ENCODING_NOT_SUPPORTED",
+        )
+
+
 def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     """The call metadata to forward; a service token is refused however it is written."""
     authorizations = request.headers.getall(AUTHORIZATION, [])
@@ -293,16 +354,52 @@ def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
                 f"the {key} header must be printable ASCII",
                 reason="BAD_HEADER",
             )
+        if key != AUTHORIZATION and len(value) > MAX_HEADER_CHARS:
+            # They are copied into every log line and call of the mesh.
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the {key} header is {len(value)} characters; at most {MAX_HEADER_CHARS}",
+                reason="BAD_HEADER",
+            )
         metadata.append((key, value))
     return tuple(metadata)
+
+
+class _QuietMalformedHttp(logging.Filter):
+    """Turns aiohttp's record of a request it could not parse (a bad header, a bare LF, a
+    negative Content-Length, ...) into one DEBUG line without a traceback: any client can send
+    those, and each was an ERROR with a traceback. aiohttp still answers them 400."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: %s"
+            record.args = (*(record.args or ()), exc)  # type: ignore[misc]
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.DEBUG
+            record.levelname = "DEBUG"
+        return True
+
+
+_http_logger.addFilter(_QuietMalformedHttp())
 
 
 def build_app(config: EdgeConfig) -> tuple[web.Application, Edge]:
     """The aiohttp application of the edge and its handler object."""
     edge = Edge(config)
-    # A handler is cancelled when its browser goes away, so an open server stream whose service
-    # is silent is cancelled upstream too (aiohttp's default since 3.9 is to let it run on).
-    app = web.Application(handler_args={"handler_cancellation": True})
+    app = web.Application(
+        handler_args={
+            # A handler is cancelled when its browser goes away, so an open server stream
+            # whose service is silent is cancelled upstream too (aiohttp's default since 3.9
+            # is to let it run on).
+            "handler_cancellation": True,
+            # Bodies are read as sent; a content-coded one is refused (_identity_only).
+            "auto_decompress": False,
+            "keepalive_timeout": config.idle_timeout_s,
+            "logger": _http_logger,
+        }
+    )
     app.router.add_get("/healthz", edge.healthz)
     add_page_routes(app)
     app.router.add_route("OPTIONS", "/{service}/{method}", edge.preflight)

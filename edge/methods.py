@@ -39,7 +39,8 @@ class Method:
         if codec.json:
             message = self.request_class()
             try:
-                parsed = json.loads(payload)
+                # Decoded here: json.loads would sniff bytes and take UTF-16, UTF-32 or a BOM.
+                parsed = json.loads(payload.decode("utf-8"))
                 if not isinstance(parsed, dict):
                     # ParseDict would take a list or a number as an empty message.
                     raise ValueError(f"a message is a JSON object, not {type(parsed).__name__}")

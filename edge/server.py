@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def edge_config(settings: Settings, env: Mapping[str, str] | None = None) -> EdgeConfig:
     """Routes each proto package to the service that implements it; the CORS origins, request
-    cap and unary deadline from ``DELIVERY_EDGE_*``."""
+    cap, unary deadline, body-read deadline and idle timeout from ``DELIVERY_EDGE_*``."""
     env = os.environ if env is None else env
     if env_str(env, "EDGE_ALLOW_ORIGIN", ""):
         # The old single value was '*' by default; silently ignoring it would hide a change.
@@ -43,6 +43,8 @@ def edge_config(settings: Settings, env: Mapping[str, str] | None = None) -> Edg
         allow_origins=frozenset(o.strip() for o in origins.split(",") if o.strip()),
         default_timeout_s=env_positive(env, "EDGE_UNARY_TIMEOUT_S", 30.0),
         max_request_bytes=max_request_bytes,
+        body_timeout_s=env_positive(env, "EDGE_BODY_TIMEOUT_S", 10.0),
+        idle_timeout_s=env_positive(env, "EDGE_IDLE_TIMEOUT_S", 75.0),
     )
 
 

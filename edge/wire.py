@@ -19,6 +19,10 @@ _COMPRESSED_FLAG = 0x01
 _GRPC_WEB = "application/grpc-web"
 _TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+#: The longest deadline the edge passes on, in seconds (a day). The spec's 8 digits allow up to
+#: 99999999H, about 11,000 years, which overflows gRPC core's deadline arithmetic: the call
+#: failed DEADLINE_EXCEEDED at once. Longer asks get this instead.
+MAX_TIMEOUT_S = 86400.0
 # Text clients may encode each frame on its own, padding included: a chunk ends at its padding.
 _BASE64_CHUNK = re.compile(rb"[^=]*=*")
 
@@ -98,8 +102,8 @@ def percent(text: str) -> str:
 
 
 def parse_timeout(value: str | None) -> float | None:
-    """The seconds a ``grpc-timeout`` header allows, or None without one; INVALID_ARGUMENT
-    unless it is 1 to 8 digits and a unit, as the gRPC spec writes it."""
+    """The seconds a ``grpc-timeout`` header allows (at most ``MAX_TIMEOUT_S``), or None without
+    one; INVALID_ARGUMENT unless it is 1 to 8 digits and a unit, as the gRPC spec writes it."""
     if value is None:
         return None
     match = _TIMEOUT.fullmatch(value)
@@ -110,7 +114,7 @@ def parse_timeout(value: str | None) -> float | None:
             " (H, M, S, m, u or n)",
             reason="BAD_TIMEOUT",
         )
-    return int(match[1]) * _TIMEOUT_UNITS[match[2]]
+    return min(int(match[1]) * _TIMEOUT_UNITS[match[2]], MAX_TIMEOUT_S)
 
 
 def body_limit(max_message_bytes: int, codec: Codec) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -18,8 +20,9 @@ from google.protobuf import descriptor_pool
 from delivery.common.v1 import common_pb2
 from delivery.location.v1 import location_service_pb2
 from delivery.tracking.v1 import tracking_service_pb2
-from edge.app import EdgeConfig
+from edge.app import MAX_HEADER_CHARS, EdgeConfig
 from edge.exposed import BY_METHOD, NEVER_EXPOSED
+from edge.wire import MAX_TIMEOUT_S
 from tests.integration.edge_harness import (
     GARBAGE,
     PACKAGES,
@@ -452,3 +455,136 @@ async def test_with_no_origins_configured_nothing_is_granted(upstream: Upstream)
             assert "Access-Control-Allow-Origin" not in response.headers
     with pytest.raises(ValueError, match="never granted"):
         EdgeConfig(routes={}, allow_origins=frozenset({"*"}))
+
+
+async def _raw(url: str, request: bytes, *more: bytes) -> bytes:
+    """Sends ``request`` bytes as they are (then each of ``more`` in a later write) and reads
+    until the edge closes the connection."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for chunk in (request, *more):
+            writer.write(chunk)
+            await writer.drain()
+            # Apart, so that the edge's parser has the headers before the next bytes come.
+            await asyncio.sleep(0.1)
+        return await asyncio.wait_for(reader.read(), BOUND_S)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "gzip, identity"])
+@pytest.mark.parametrize("valid", [True, False], ids=["valid-gzip", "garbage"])
+async def test_a_content_encoded_request_is_refused_before_its_body_is_read(
+    edge: str, upstream: Upstream, encoding: str, valid: bool
+) -> None:
+    # aiohttp would inflate valid gzip itself (past the edge's COMPRESSION_NOT_SUPPORTED) and
+    # raise out of the body read on bytes that are not gzip.
+    body = gzip.compress(framed(b"")) if valid else b"not gzip at all"
+    answer = await post(edge, GET_ME, body, headers={"content-encoding": encoding})
+    assert answer.status == 200
+    assert answer.code is grpc.StatusCode.UNIMPLEMENTED
+    assert answer.reason() == "CONTENT_ENCODING_NOT_SUPPORTED"
+    assert upstream.calls == []
+    # identity is no encoding at all.
+    plain = await post(edge, GET_ME, framed(b""), headers={"content-encoding": "identity"})
+    assert plain.code is grpc.StatusCode.OK
+    assert upstream.calls == [GET_ME]
+
+
+async def test_a_body_whose_chunks_break_off_ends_at_the_body_deadline(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chunked framing that is not chunked, after the headers: aiohttp's parser stops feeding the
+    # body and keeps its 400 until the handler ends, so the read waited for ever.
+    head = (
+        f"POST {GET_ME} HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc-web+proto\r\n"
+        "transfer-encoding: chunked\r\n\r\n"
+    )
+    async with serve_edge(EdgeConfig(routes=upstream.routes(), body_timeout_s=0.5)) as url:
+        raw = await _raw(url, head.encode(), b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
+    assert b"grpc-status:4\r\n" in raw
+    assert upstream.calls == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_body_that_never_comes_ends_at_the_body_deadline(upstream: Upstream) -> None:
+    config = EdgeConfig(routes=upstream.routes(), body_timeout_s=0.5)
+    async with serve_edge(config) as url:
+        head = (
+            f"POST {GET_ME} HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc-web+proto\r\n"
+            "content-length: 100\r\n\r\n"
+        )
+        # Headers, then three bytes of the hundred declared, then nothing.
+        raw = await _raw(url, head.encode() + b"\x00\x00\x00")
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
+    assert b"grpc-status:4\r\n" in raw
+    assert b"BODY_TIMEOUT" in base64.b64decode(
+        raw.split(b"grpc-status-details-bin:")[1].split(b"\r\n")[0] + b"=="
+    )
+    assert upstream.calls == []
+
+
+async def test_headers_never_finished_are_closed_at_the_idle_timeout(upstream: Upstream) -> None:
+    async with serve_edge(EdgeConfig(routes=upstream.routes(), idle_timeout_s=0.5)) as url:
+        raw = await _raw(url, f"POST {GET_ME} HTTP/1.1\r\nHost: x\r\n".encode())
+    assert raw == b""
+
+
+async def test_a_huge_grpc_timeout_is_clamped_to_a_finite_deadline(
+    edge: str, upstream: Upstream
+) -> None:
+    answer = await call(edge, GET_ME, b"", headers={"grpc-timeout": "99999999H"})
+    assert answer.code is grpc.StatusCode.OK
+    remaining = upstream.remaining[0]
+    # gRPC rounds a deadline up a little on the wire.
+    assert remaining is not None and 3600 < remaining <= MAX_TIMEOUT_S * 1.01
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        + b"\r\n",
+        b"GET /healthz HTTP/1.1\nHost: x\n\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 3\r\n\r\n0\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\x00\x01 / HTTP/1.1\r\n\r\n",
+    ],
+    ids=["control-char", "oversized", "too-many", "bare-lf", "te-and-cl", "negative-cl", "junk"],
+)
+async def test_malformed_http_is_a_400_without_a_traceback_in_the_log(
+    edge: str, upstream: Upstream, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    raw = await _raw(edge, request_bytes)
+    assert raw.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), raw[:200]
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO and r.exc_info]
+    assert not loud, [(r.name, r.getMessage()) for r in loud]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("key", ["x-request-id", "x-user-agent"])
+async def test_forwarded_headers_are_capped(edge: str, upstream: Upstream, key: str) -> None:
+    answer = await call(edge, GET_ME, b"", headers={key: "r" * (MAX_HEADER_CHARS + 1)})
+    assert answer.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert answer.reason() == "BAD_HEADER"
+    assert upstream.calls == []
+    assert (await call(edge, GET_ME, b"", headers={key: "r" * MAX_HEADER_CHARS})).code is (
+        grpc.StatusCode.OK
+    )
+    assert upstream.metadata[0][key] == "r" * MAX_HEADER_CHARS
+
+
+async def test_json_with_a_byte_order_mark_is_refused(edge: str, upstream: Upstream) -> None:
+    # json.loads would take either (it sniffs the encoding of bytes); the edge reads UTF-8.
+    for body in (b"\xef\xbb\xbf{}", "{}".encode("utf-16")):
+        answer = await call(edge, GET_ME, body, json=True)
+        assert answer.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert answer.reason() == "BAD_JSON"
+    assert upstream.calls == []

@@ -70,7 +70,17 @@ def test_resolve_refuses_unknown_methods_and_client_streams() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("1S", 1.0), ("250m", 0.25), ("2M", 120.0), ("1H", 3600.0), ("99999999n", 0.099999999)],
+    [
+        ("1S", 1.0),
+        ("250m", 0.25),
+        ("2M", 120.0),
+        ("1H", 3600.0),
+        ("99999999n", 0.099999999),
+        ("24H", 86400.0),
+        # Past a day is a day: gRPC core overflows on the spec's largest values.
+        ("25H", 86400.0),
+        ("99999999H", 86400.0),
+    ],
 )
 def test_grpc_timeouts_are_read(value: str, seconds: float) -> None:
     assert parse_timeout(value) == pytest.approx(seconds)
@@ -154,20 +164,26 @@ def test_edge_settings_come_from_the_environment() -> None:
     config = edge_config(settings, {})
     assert config.allow_origins == frozenset()
     assert config.max_request_bytes == 1024 * 1024
+    assert (config.body_timeout_s, config.idle_timeout_s) == (10.0, 75.0)
     config = edge_config(
         settings,
         {
             "DELIVERY_EDGE_ALLOW_ORIGINS": "https://a.example, https://b.example:8443,",
             "DELIVERY_EDGE_MAX_REQUEST_BYTES": "2048",
             "DELIVERY_EDGE_UNARY_TIMEOUT_S": "5",
+            "DELIVERY_EDGE_BODY_TIMEOUT_S": "0.5",
+            "DELIVERY_EDGE_IDLE_TIMEOUT_S": "20",
         },
     )
     assert config.allow_origins == {"https://a.example", "https://b.example:8443"}
     assert (config.max_request_bytes, config.default_timeout_s) == (2048, 5.0)
+    assert (config.body_timeout_s, config.idle_timeout_s) == (0.5, 20.0)
     for env in (
         {"DELIVERY_EDGE_ALLOW_ORIGINS": "*"},
         {"DELIVERY_EDGE_ALLOW_ORIGIN": "*"},
         {"DELIVERY_EDGE_MAX_REQUEST_BYTES": "0"},
+        {"DELIVERY_EDGE_BODY_TIMEOUT_S": "0"},
+        {"DELIVERY_EDGE_IDLE_TIMEOUT_S": "-1"},
     ):
         with pytest.raises(ValueError):
             edge_config(settings, env)
