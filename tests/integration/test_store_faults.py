@@ -529,3 +529,34 @@ async def test_a_worker_that_fails_is_logged_counted_and_started_again(
     # A worker that returns is done, not restarted; stopping ends the restarted one.
     assert done_once == 1
     assert flaky.runs == 3
+
+
+@pytest.mark.parametrize("service", ["location", "matching", "tracking"])
+async def test_every_service_turns_not_serving_while_redis_is_frozen_and_back_by_itself(
+    store_settings: StoreSettings, private_redis: PrivateRedis, service: str
+) -> None:
+    # Each service's health follows the stores it was started with, not only order_svc's: the
+    # watch is wired by the one server builder every service uses.
+    process, ports = await spawn(
+        [sys.executable, "-m", f"{service}_svc"],
+        {
+            "DELIVERY_DATABASE_URL": store_settings.database_url,
+            "DELIVERY_REDIS_URL": private_redis.url,
+            f"DELIVERY_{service.upper()}_LISTEN": "127.0.0.1:0",
+            "DELIVERY_GRACE_S": "1",
+        },
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports[service]}")
+    try:
+        await _health_becomes(channel, SERVING, names=("",))
+        private_redis.freeze()
+        try:
+            await _health_becomes(channel, NOT_SERVING, names=("",))
+        finally:
+            private_redis.thaw()
+        await _health_becomes(channel, SERVING, names=("",))
+    finally:
+        await channel.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
