@@ -644,6 +644,10 @@ async def test_watchers_hear_when_no_courier_takes_the_order(mesh: Mesh) -> None
     # Somewhere random, where no courier of any test is.
     scene = await _scene(mesh, where=None)
     watch = Watch(mesh, scene.customer, scene.order.order_id)
+    # The stream's snapshot must be the placed order, so that resuming after it replays the
+    # confirmation: confirmed before the stream reached tracking, the snapshot itself would say
+    # CONFIRMED and the resume below would rightly replay no status (seen in CI on a busy machine).
+    await watch.until_status(S.ORDER_STATUS_PENDING)
     await _advance(mesh, scene, "confirm")
     await watch.until_status(S.ORDER_STATUS_CONFIRMED)
     admin = await mesh.market.admin()
